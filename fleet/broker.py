@@ -1,0 +1,242 @@
+"""Run a private mosquitto: for the demo, the tests and the benchmarks.
+
+The broker gets its own directory (config, persistence, log), a free port and, when TLS is
+asked for, the certificate files it is given. Started as root, mosquitto drops to the
+``mosquitto`` user, so the directory is handed to that user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class BrokerError(RuntimeError):
+    """mosquitto is missing, will not start, or does not answer."""
+
+
+INSTALL_HINT = (
+    "mosquitto (the MQTT broker) is not installed. On Debian, Ubuntu or Raspberry Pi OS run:\n"
+    "    sudo apt-get update && sudo apt-get install -y mosquitto mosquitto-clients\n"
+    "then try again (or pass --broker mqtt://HOST:PORT to use a broker you already run)."
+)
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto binary, or BrokerError with the command that installs it."""
+    for candidate in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise BrokerError(INSTALL_HINT)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class TlsListener:
+    """An mTLS listener: the files are copied into the broker directory."""
+
+    port: int
+    cafile: Path
+    certfile: Path
+    keyfile: Path
+    require_certificate: bool = True
+    use_identity_as_username: bool = True
+    crlfile: Path | None = None
+
+
+@dataclass
+class BrokerConfig:
+    port: int = 0
+    host: str = "127.0.0.1"
+    allow_anonymous: bool = True
+    acl_text: str | None = None
+    tls: TlsListener | None = None
+    plain_listener: bool = True
+    max_queued_messages: int = 200_000
+    message_size_limit: int = 1024 * 1024
+    extra: list[str] = field(default_factory=list)
+
+
+def _hand_to_mosquitto_user(path: Path) -> None:
+    """Let the unprivileged mosquitto user read and write ``path`` when we run as root."""
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam("mosquitto")
+    except KeyError:
+        return
+    # Every folder above must be traversable (x) for that user, as pytest's 0700 temp dirs are not.
+    for parent in path.resolve().parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, mode | 0o001)
+    for root, dirs, files in os.walk(path):
+        os.chown(root, entry.pw_uid, entry.pw_gid)
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
+
+
+class MosquittoBroker:
+    """A mosquitto process in ``workdir``; restartable with its persistence intact."""
+
+    def __init__(self, workdir: Path, config: BrokerConfig | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.config = config or BrokerConfig()
+        if self.config.port == 0:
+            self.config.port = free_port(self.config.host)
+        if self.config.tls is not None and self.config.tls.port == 0:
+            self.config.tls.port = free_port(self.config.host)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.binary = find_mosquitto()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.config.host}:{self.config.port}"
+
+    @property
+    def tls_url(self) -> str:
+        if self.config.tls is None:
+            raise BrokerError("this broker has no TLS listener")
+        return f"mqtts://{self.config.host}:{self.config.tls.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "mosquitto.log"
+
+    def _write_config(self) -> Path:
+        cfg = self.config
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "data").mkdir(exist_ok=True)
+        lines = [
+            "per_listener_settings false",
+            f"allow_anonymous {'true' if cfg.allow_anonymous else 'false'}",
+            "persistence true",
+            f"persistence_location {self.workdir / 'data'}/",
+            "autosave_interval 1",
+            f"max_queued_messages {cfg.max_queued_messages}",
+            "max_inflight_messages 100",
+            f"message_size_limit {cfg.message_size_limit}",
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        ]
+        if cfg.acl_text is not None:
+            acl = self.workdir / "acl"
+            acl.write_text(cfg.acl_text)
+            lines.append(f"acl_file {acl}")
+        if cfg.plain_listener:
+            lines.append(f"listener {cfg.port} {cfg.host}")
+        if cfg.tls is not None:
+            tls = cfg.tls
+            tls_dir = self.workdir / "tls"
+            tls_dir.mkdir(exist_ok=True)
+            names = {"cafile": tls.cafile, "certfile": tls.certfile, "keyfile": tls.keyfile}
+            if tls.crlfile is not None:
+                names["crlfile"] = tls.crlfile
+            lines.append(f"listener {tls.port} {cfg.host}")
+            for key, src in names.items():
+                dst = tls_dir / f"{key}.pem"
+                shutil.copyfile(src, dst)
+                os.chmod(dst, 0o600)
+                lines.append(f"{key} {dst}")
+            lines.append(f"require_certificate {'true' if tls.require_certificate else 'false'}")
+            lines.append(f"use_identity_as_username {'true' if tls.use_identity_as_username else 'false'}")
+            lines.append("tls_version tlsv1.2")
+        lines.extend(cfg.extra)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        _hand_to_mosquitto_user(self.workdir)
+        return conf
+
+    def start(self, timeout: float = 10.0) -> MosquittoBroker:
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        conf = self._write_config()
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self._wait_listening(timeout)
+        return self
+
+    def _wait_listening(self, timeout: float) -> None:
+        ports = [self.config.port] if self.config.plain_listener else []
+        if self.config.tls is not None:
+            ports.append(self.config.tls.port)
+        deadline = time.monotonic() + timeout
+        pending = list(ports)
+        while pending:
+            if self.proc is not None and self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+                raise BrokerError(f"mosquitto exited at start (code {self.proc.returncode}): {err}{log}")
+            try:
+                with socket.create_connection((self.config.host, pending[0]), timeout=0.2):
+                    pending.pop(0)
+                    continue
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise BrokerError(f"mosquitto did not listen on {self.config.host}:{pending[0]}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM): persistence is written, sessions survive a restart."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def kill(self) -> None:
+        """Abrupt stop (SIGKILL), as a power cut would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.stop()
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> MosquittoBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def running_broker(workdir: Path, config: BrokerConfig | None = None) -> Iterator[MosquittoBroker]:
+    broker = MosquittoBroker(workdir, config)
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
