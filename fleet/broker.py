@@ -56,6 +56,9 @@ class TlsListener:
     require_certificate: bool = True
     use_identity_as_username: bool = True
     crlfile: Path | None = None
+    # Replace the client id by the username (the certificate CN): one identity cannot take over
+    # (disconnect) another's session. Off where several workers share one identity.
+    use_username_as_clientid: bool = False
 
 
 @dataclass
@@ -69,6 +72,12 @@ class BrokerConfig:
     max_queued_messages: int = 200_000
     message_size_limit: int = 1024 * 1024
     extra: list[str] = field(default_factory=list)
+    # More mTLS listeners (e.g. an internal one for fleet services next to the device one).
+    extra_tls: list[TlsListener] = field(default_factory=list)
+    # ``user`` option: None drops to the mosquitto user when started as root; "root" keeps root,
+    # so that files read after the drop (TLS certs, CRL and ACL on reload) stay readable even when
+    # another pytest session resets /tmp/pytest-of-root to 0700 meanwhile.
+    run_as: str | None = None
 
 
 def _hand_to_mosquitto_user(path: Path) -> None:
@@ -98,10 +107,15 @@ class MosquittoBroker:
         self.config = config or BrokerConfig()
         if self.config.port == 0:
             self.config.port = free_port(self.config.host)
-        if self.config.tls is not None and self.config.tls.port == 0:
-            self.config.tls.port = free_port(self.config.host)
+        for listener in self._tls_listeners():
+            if listener.port == 0:
+                listener.port = free_port(self.config.host)
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = find_mosquitto()
+
+    def _tls_listeners(self) -> list[TlsListener]:
+        first = [self.config.tls] if self.config.tls is not None else []
+        return first + list(self.config.extra_tls)
 
     @property
     def url(self) -> str:
@@ -138,15 +152,16 @@ class MosquittoBroker:
             "connection_messages true",
             "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         ]
+        if cfg.run_as is not None:
+            lines.append(f"user {cfg.run_as}")
         if cfg.acl_text is not None:
             acl = self.workdir / "acl"
             acl.write_text(cfg.acl_text)
             lines.append(f"acl_file {acl}")
         if cfg.plain_listener:
             lines.append(f"listener {cfg.port} {cfg.host}")
-        if cfg.tls is not None:
-            tls = cfg.tls
-            tls_dir = self.workdir / "tls"
+        for index, tls in enumerate(self._tls_listeners()):
+            tls_dir = self.workdir / ("tls" if index == 0 else f"tls{index}")
             tls_dir.mkdir(exist_ok=True)
             names = {"cafile": tls.cafile, "certfile": tls.certfile, "keyfile": tls.keyfile}
             if tls.crlfile is not None:
@@ -159,6 +174,8 @@ class MosquittoBroker:
                 lines.append(f"{key} {dst}")
             lines.append(f"require_certificate {'true' if tls.require_certificate else 'false'}")
             lines.append(f"use_identity_as_username {'true' if tls.use_identity_as_username else 'false'}")
+            if tls.use_username_as_clientid:
+                lines.append("use_username_as_clientid true")
             lines.append("tls_version tlsv1.2")
         lines.extend(cfg.extra)
         conf = self.workdir / "mosquitto.conf"
@@ -181,8 +198,7 @@ class MosquittoBroker:
 
     def _wait_listening(self, timeout: float) -> None:
         ports = [self.config.port] if self.config.plain_listener else []
-        if self.config.tls is not None:
-            ports.append(self.config.tls.port)
+        ports += [listener.port for listener in self._tls_listeners()]
         deadline = time.monotonic() + timeout
         pending = list(ports)
         while pending:
@@ -225,6 +241,30 @@ class MosquittoBroker:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Rewrite the config (ACL, CRL and certificate copies) and send SIGHUP.
+
+        mosquitto 2.0 re-reads the ACL, the CRL and the server certificate on SIGHUP; clients
+        stay connected. Returns once the broker has logged the reload.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            raise BrokerError("mosquitto is not running; start it instead of reloading")
+        before = self._log_count("Reloading config")
+        self._write_config()
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self._log_count("Reloading config") <= before:
+            if time.monotonic() > deadline:
+                raise BrokerError("mosquitto did not log a config reload after SIGHUP")
+            time.sleep(0.02)
+        time.sleep(0.05)  # the reload finishes within the same loop iteration as the log line
+
+    def _log_count(self, needle: str) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count(needle)
+        except FileNotFoundError:
+            return 0
 
     def __enter__(self) -> MosquittoBroker:
         return self.start()

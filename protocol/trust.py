@@ -44,6 +44,10 @@ class KeyListRejected(TrustError):
     """A key list was understood but is not accepted: say why (signature, version, expiry)."""
 
 
+class KeyListNotNewer(KeyListRejected):
+    """A validly signed list whose version is not above the current one (old or re-delivered)."""
+
+
 @dataclass(frozen=True)
 class RootKey:
     """The fleet root's public key, as the device got it at enrolment."""
@@ -142,7 +146,7 @@ def _ts(value: object, what: str) -> datetime:
         raise TrustError(f"key list field '{what}' is not a time string")
     try:
         return parse_ts(value)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise TrustError(f"key list field '{what}': {exc}") from exc
 
 
@@ -203,7 +207,7 @@ def check_update(document: object, root: RootKey, current_version: int | None, n
     """
     parsed = verify_key_list(document, root)
     if current_version is not None and parsed.version <= current_version:
-        raise KeyListRejected(
+        raise KeyListNotNewer(
             f"key list version {parsed.version} is not newer than the current version {current_version}"
         )
     if parsed.expires_at < now:

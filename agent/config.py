@@ -1,0 +1,304 @@
+"""Agent configuration: an optional TOML file, persisted local overrides and command-line flags.
+
+Layers are merged in that order (later wins). Every section refuses unknown keys
+(``extra="forbid"``) and every field carries a description, so ``cityedge agent run --help`` and the
+error messages can say what a setting means. A bad value raises ``ConfigError`` naming the source
+(file or flag), the field and the problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import sys
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agent.errors import ConfigError
+from protocol.models import DEFAULT_MAX_PAYLOAD
+from protocol.topics import DEFAULT_PREFIX, DEVICE_ID_RE
+
+EVIDENCE_KINDS_ALWAYS = ("traffic.violation",)
+"""Event kinds that are evidence whatever the configuration says: never evicted, always signed."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceSection(Section):
+    id: str | None = Field(
+        default=None,
+        description="Device id (also the MQTT client id and certificate CN), e.g. kiosk-hn-btl-0001.",
+    )
+    role: Literal["kiosk", "camera", "generic"] = Field(
+        default="generic", description="What this device does."
+    )
+    site: str | None = Field(default=None, description="Site code where the device is installed (free text).")
+    key_path: Path | None = Field(
+        default=None,
+        description="Ed25519 device key (PEM) used to sign evidence; default DATA_DIR/device_key.pem.",
+    )
+
+    @field_validator("id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        if value is not None and not DEVICE_ID_RE.match(value):
+            raise ValueError("use 3-63 lowercase letters, digits and '-', e.g. kiosk-hn-btl-0001")
+        return value
+
+
+class TlsSection(Section):
+    ca: Path | None = Field(default=None, description="CA bundle that signed the broker certificate (PEM).")
+    cert: Path | None = Field(
+        default=None, description="This device's client certificate (PEM) for mutual TLS."
+    )
+    key: Path | None = Field(default=None, description="Private key of the client certificate (PEM).")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSection:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key must be given together")
+        return self
+
+
+class MqttSection(Section):
+    broker: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="Broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT (TLS).",
+    )
+    topic_prefix: str = Field(default=DEFAULT_PREFIX, description="Topic prefix of the contract (city/v1).")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    session_expiry_s: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="How long the broker keeps this device's session while offline.",
+    )
+    connect_timeout_s: float = Field(
+        default=10.0, gt=0, le=120, description="TCP/TLS connect timeout, seconds."
+    )
+    backoff_min_s: float = Field(default=1.0, gt=0, description="First reconnect delay ceiling, seconds.")
+    backoff_max_s: float = Field(
+        default=60.0, gt=0, description="Largest reconnect delay, seconds (full jitter)."
+    )
+    inflight_window: int = Field(
+        default=100, ge=1, le=65000, description="Outbox events awaiting PUBACK at once."
+    )
+    max_payload_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD,
+        ge=1024,
+        description="Largest incoming message accepted; bigger ones dropped.",
+    )
+    tls: TlsSection = Field(default_factory=TlsSection, description="TLS files for mqtts:// brokers.")
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+    @model_validator(mode="after")
+    def _backoff(self) -> MqttSection:
+        if self.backoff_max_s < self.backoff_min_s:
+            raise ValueError("backoff_max_s must be at least backoff_min_s")
+        return self
+
+    @property
+    def host(self) -> str:
+        return parse_broker_url(self.broker)[1]
+
+    @property
+    def port(self) -> int:
+        return parse_broker_url(self.broker)[2]
+
+    @property
+    def use_tls(self) -> bool:
+        return parse_broker_url(self.broker)[0] == "mqtts"
+
+
+class TelemetrySection(Section):
+    interval_s: float = Field(
+        default=30.0, ge=0.1, le=86400, description="Seconds between telemetry messages."
+    )
+    qos: Literal[0, 1] = Field(default=0, description="MQTT QoS of telemetry (0 or 1).")
+
+
+class OutboxSection(Section):
+    max_events: int = Field(
+        default=100_000, ge=10, description="Most events kept while the city is unreachable."
+    )
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024, description="Most payload bytes kept.")
+    max_event_bytes: int = Field(
+        default=DEFAULT_MAX_PAYLOAD, ge=1024, description="Largest single event envelope accepted."
+    )
+    fsync: Literal["full", "normal", "off"] = Field(
+        default="full",
+        description="SQLite synchronous mode (WAL): full = durable across power loss (default); "
+        "normal = durable across crashes only; off = testing only.",
+    )
+    telemetry_kinds: list[str] = Field(
+        default_factory=lambda: ["*.heartbeat", "metrics.*"],
+        description="Kind patterns (fnmatch) of telemetry-class events: evicted first when full.",
+    )
+    evidence_kinds: list[str] = Field(
+        default_factory=lambda: list(EVIDENCE_KINDS_ALWAYS),
+        description="Kind patterns of evidence: never evicted, always signed (traffic.violation always).",
+    )
+    batch_max: int = Field(
+        default=1000, ge=1, le=100_000, description="Most events committed in one transaction."
+    )
+
+
+class CommandsSection(Section):
+    require_signature: bool = Field(
+        default=False, description="Reject commands and desired state unless a fleet signature verifies."
+    )
+    result_retention: int = Field(
+        default=1000, ge=10, description="Command answers kept for re-delivered ids."
+    )
+    max_log_lines: int = Field(default=1000, ge=1, description="Most log lines get_logs returns.")
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="'module:function' entries called at start with register_handler(name, fn), "
+        "so a role (camera snapshot, OTA update) can add commands.",
+    )
+
+
+class LocalApiSection(Section):
+    enabled: bool = Field(default=True, description="Serve the local API on DATA_DIR/agent.sock.")
+    socket_mode: int = Field(
+        default=0o660, ge=0, le=0o777, description="File mode of the socket (e.g. 0o660)."
+    )
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024, description="Largest request line accepted.")
+    rpc_timeout_max_s: float = Field(
+        default=60.0, gt=0, description="Longest rpc timeout a caller may ask for."
+    )
+
+
+class LoggingSection(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    file: bool = Field(default=True, description="Also log to DATA_DIR/logs/agent.log (rotated).")
+    file_max_bytes: int = Field(
+        default=1024 * 1024, ge=4096, description="Size at which the log file rotates."
+    )
+    file_backups: int = Field(default=3, ge=0, le=50, description="Rotated log files kept.")
+
+
+class SystemSection(Section):
+    backend: Literal["simulated", "linux"] = Field(
+        default="simulated", description="simulated records reboots; linux runs systemctl reboot."
+    )
+    restart_mode: Literal["auto", "exit", "exec"] = Field(
+        default="auto",
+        description="How the restart command restarts the agent: exit (code 75, for systemd), "
+        "exec (re-exec in place) or auto (exit under systemd, exec otherwise).",
+    )
+
+
+class AgentConfig(Section):
+    data_dir: Path = Field(
+        default=Path("/var/lib/cityedge/agent"), description="Outbox, state, socket and logs."
+    )
+    device: DeviceSection = Field(default_factory=DeviceSection, description="Who this device is.")
+    mqtt: MqttSection = Field(default_factory=MqttSection, description="Link to the city broker.")
+    telemetry: TelemetrySection = Field(default_factory=TelemetrySection, description="Health telemetry.")
+    outbox: OutboxSection = Field(default_factory=OutboxSection, description="Store-and-forward of events.")
+    commands: CommandsSection = Field(default_factory=CommandsSection, description="City commands.")
+    local_api: LocalApiSection = Field(default_factory=LocalApiSection, description="Unix socket API.")
+    logging: LoggingSection = Field(default_factory=LoggingSection, description="Logging.")
+    system: SystemSection = Field(default_factory=SystemSection, description="Reboot/restart backend.")
+
+    @property
+    def device_id(self) -> str:
+        if self.device.id is None:
+            raise ConfigError("no device id: pass --device-id or set id in the [device] section")
+        return self.device.id
+
+
+def parse_broker_url(url: str) -> tuple[str, str, int]:
+    """Split ``mqtt://host:port`` / ``mqtts://host:port`` into (scheme, host, port)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"{url!r} is not a broker URL: use mqtt://HOST:PORT or mqtts://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{url!r} has a bad port number") from exc
+    default = 8883 if parts.scheme == "mqtts" else 1883
+    return parts.scheme, parts.hostname, port or default
+
+
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Return ``base`` with ``top`` merged in (nested dicts merged, other values replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting (check the spelling; see the agent documentation for valid keys)"
+        parts.append(f"field '{loc}': {msg}")
+    return "; ".join(parts)
+
+
+def validate_layer(data: dict[str, Any], source: str) -> AgentConfig:
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_validation(exc)}") from exc
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML file; errors name the file and the problem."""
+    toml = importlib.import_module("tomllib" if _has_tomllib() else "tomli")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from exc
+    try:
+        data: dict[str, Any] = toml.loads(text)
+    except toml.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: not valid TOML ({exc})") from exc
+    return data
+
+
+def _has_tomllib() -> bool:
+    return sys.version_info >= (3, 11)
+
+
+def load_config(
+    path: Path | None,
+    flags: dict[str, Any] | None = None,
+    layers: list[tuple[str, dict[str, Any]]] | None = None,
+) -> AgentConfig:
+    """Build the configuration: the file, then ``layers`` in order (each a source name and a dict:
+    desired state, set_config overrides), then command-line flags (which win).
+
+    Each layer is validated as it is added so that the error names where the bad value came from.
+    """
+    data: dict[str, Any] = read_toml(path) if path is not None else {}
+    config = validate_layer(data, f"config file {path}" if path is not None else "built-in defaults")
+    for source, layer in [*(layers or []), ("command-line flags", flags or {})]:
+        if layer:
+            data = deep_merge(data, layer)
+            config = validate_layer(data, source)
+    return config
+
+
+def kind_matches(kind: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    return any(fnmatchcase(kind, pattern) for pattern in patterns)

@@ -1,0 +1,1 @@
+"""Kiosk role glue: usage and health metrics of the kiosk app, reported through the local API."""

@@ -1,0 +1,175 @@
+"""The fleet REST API (FastAPI): devices, events, gaps, commands, stats, metrics, health.
+
+``create_app(service, extra_routers=...)`` builds the application; other parts (enrolment,
+evidence) add their routers there and reach the service as ``request.app.state.fleet``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from fastapi.staticfiles import StaticFiles
+
+from fleet.apimodels import (
+    CommandCreated,
+    CommandIn,
+    CommandOut,
+    DeviceOut,
+    EventOut,
+    GapOut,
+    HealthOut,
+    IngestErrorOut,
+    IngestOut,
+    StatsOut,
+)
+from fleet.commands import InvalidCommand, SigningFailed, UnknownDevice
+from fleet.inbound import OVERSIZED
+from fleet.metrics import render_metrics
+from fleet.service import FleetService
+from protocol.timefmt import parse_ts
+
+
+def fleet_of(request: Request) -> FleetService:
+    service: FleetService = request.app.state.fleet
+    return service
+
+
+def _since(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_ts(value)
+    except ValueError as exc:
+        raise HTTPException(422, f"since: {exc} (use e.g. 2026-11-22T21:30:00Z)") from exc
+
+
+def _device_or_404(service: FleetService, device_id: str) -> dict[str, Any]:
+    row = service.store.device(device_id)
+    if row is None:
+        raise HTTPException(404, f"device {device_id!r} is not known to the fleet")
+    return row
+
+
+def api_router() -> APIRouter:
+    router = APIRouter(prefix="/api", tags=["fleet"])
+
+    @router.get("/devices", response_model=list[DeviceOut])
+    def list_devices(request: Request, role: str | None = None, online: bool | None = None) -> Any:
+        return fleet_of(request).store.devices(role=role, online=online)
+
+    @router.get("/devices/{device_id}", response_model=DeviceOut)
+    def get_device(request: Request, device_id: str) -> Any:
+        return _device_or_404(fleet_of(request), device_id)
+
+    @router.get("/devices/{device_id}/events", response_model=list[EventOut])
+    def device_events(
+        request: Request,
+        device_id: str,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        kind: str | None = None,
+        since: Annotated[str | None, Query(description="RFC 3339 time; events at or after it")] = None,
+    ) -> Any:
+        service = fleet_of(request)
+        _device_or_404(service, device_id)
+        return service.store.events(device_id, limit=limit, kind=kind, since=_since(since))
+
+    @router.get("/events", response_model=list[EventOut])
+    def recent_events(
+        request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50, kind: str | None = None
+    ) -> Any:
+        return fleet_of(request).store.events(None, limit=limit, kind=kind)
+
+    @router.get("/devices/{device_id}/gaps", response_model=list[GapOut])
+    def device_gaps(request: Request, device_id: str, open_only: bool = False) -> Any:
+        service = fleet_of(request)
+        _device_or_404(service, device_id)
+        rows = service.store.gaps(device_id, open_only=open_only)
+        return [{**r, "open": r["closed_at"] is None} for r in rows]
+
+    @router.post("/devices/{device_id}/commands", response_model=CommandCreated, status_code=201)
+    def send_command(request: Request, device_id: str, body: CommandIn) -> Any:
+        try:
+            row = fleet_of(request).commands.issue(device_id, body.name, body.args, body.ttl_s)
+        except UnknownDevice as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except InvalidCommand as exc:
+            raise HTTPException(422, str(exc)) from exc
+        except SigningFailed as exc:
+            raise HTTPException(503, str(exc)) from exc
+        return {"id": row["id"]}
+
+    @router.get("/commands/{command_id}", response_model=CommandOut)
+    def get_command(request: Request, command_id: str) -> Any:
+        row = fleet_of(request).commands.get(command_id)
+        if row is None:
+            raise HTTPException(404, f"no command with id {command_id!r}")
+        return row
+
+    @router.get("/stats", response_model=StatsOut)
+    def stats(request: Request) -> Any:
+        return build_stats(fleet_of(request))
+
+    return router
+
+
+def build_stats(service: FleetService) -> StatsOut:
+    counts = service.store.counts()
+    errors = [IngestErrorOut.model_validate(r) for r in service.store.ingest_errors()]
+    snapshot = service.stats.snapshot()
+    ingest = IngestOut(worker_id=service.config.worker_id, group=service.config.group, **snapshot)
+    return StatsOut(
+        **counts,
+        ingest_errors=errors,
+        malformed_total=sum(e.count for e in errors if e.reason != OVERSIZED),
+        oversized_total=sum(e.count for e in errors if e.reason == OVERSIZED),
+        ingest=ingest,
+        db=service.store.dialect,
+    )
+
+
+def ops_router() -> APIRouter:
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/healthz", response_model=HealthOut)
+    def healthz(request: Request, response: Response) -> Any:
+        health = fleet_of(request).health()
+        if not health["ok"]:
+            response.status_code = 503
+        return health
+
+    @router.get("/metrics", response_class=Response)
+    def metrics(request: Request) -> Response:
+        body, content_type = render_metrics(fleet_of(request))
+        return Response(content=body, media_type=content_type)
+
+    return router
+
+
+def create_app(
+    service: FleetService,
+    *,
+    extra_routers: Sequence[APIRouter] = (),
+    dashboard: bool = True,
+) -> FastAPI:
+    """The fleet HTTP application for ``service`` (which the caller starts and stops)."""
+    app = FastAPI(
+        title="cityedge fleet",
+        version="1",
+        description="Devices, events, commands and ingest statistics of the cityedge fleet.",
+        docs_url=None,  # the interactive docs load their scripts from a CDN; the fleet runs offline
+        redoc_url=None,
+    )
+    app.state.fleet = service
+    app.include_router(api_router())
+    app.include_router(ops_router())
+    for router in extra_routers:
+        app.include_router(router)
+    if dashboard:
+        from fleet.dashboard import STATIC_DIR, dashboard_router
+
+        app.include_router(dashboard_router())
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app

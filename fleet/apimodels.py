@@ -1,0 +1,128 @@
+"""Request and response models of the fleet REST API (they make up /openapi.json)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class DeviceOut(BaseModel):
+    id: str = Field(description="Device id (MQTT client id, certificate CN).")
+    role: str | None = Field(default=None, description="Role from the device status (kiosk, camera, ...).")
+    version: str | None = Field(default=None, description="Agent version from the device status.")
+    online: bool = Field(description="Online according to the retained status / last will.")
+    boot_id: str | None = Field(default=None, description="Boot id from the last status.")
+    first_seen: datetime = Field(description="When the fleet first heard from the device.")
+    last_seen: datetime = Field(description="When the device last sent anything (live).")
+    status: dict[str, Any] | None = Field(default=None, description="Last status payload.")
+    telemetry: dict[str, Any] | None = Field(default=None, description="Latest telemetry payload.")
+    telemetry_at: datetime | None = Field(default=None, description="When the latest telemetry arrived.")
+    shadow_reported: dict[str, Any] | None = Field(default=None, description="Last reported shadow.")
+    shadow_desired: dict[str, Any] | None = Field(default=None, description="Desired shadow, when set.")
+    last_seq: int | None = Field(default=None, description="Highest event seq received.")
+
+
+class EventOut(BaseModel):
+    id: str = Field(description="Unique event id (what duplicates are dropped on).")
+    device: str
+    seq: int
+    kind: str
+    ts: datetime = Field(description="Device time of the event.")
+    received_at: datetime = Field(description="When the fleet received it.")
+    data: dict[str, Any]
+    sig: dict[str, Any] | None = None
+
+
+class GapOut(BaseModel):
+    first_seq: int = Field(description="First missing seq of the gap.")
+    last_seq: int = Field(description="Last missing seq of the gap.")
+    missing: int = Field(description="How many of those seqs are still missing.")
+    detected_at: datetime
+    closed_at: datetime | None = Field(default=None, description="When the last missing event arrived.")
+    open: bool
+
+
+class CommandIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="Command name, e.g. ping, reboot.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Command arguments.")
+    ttl_s: float | None = Field(
+        default=None, gt=0, description="Lifetime in seconds (default from the fleet)."
+    )
+
+
+class CommandCreated(BaseModel):
+    id: str = Field(description="Command id; poll GET /api/commands/{id} for the result.")
+
+
+class CommandOut(BaseModel):
+    id: str
+    device: str
+    name: str
+    args: dict[str, Any]
+    issued_at: datetime
+    expires_at: datetime
+    status: str = Field(description="pending, ok, error, rejected or expired.")
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    answered_at: datetime | None = None
+
+
+class IngestErrorOut(BaseModel):
+    reason: str = Field(description="oversized, not_utf8, not_json, not_object, invalid, ...")
+    family: str = Field(description="Topic family (status, telemetry, events, ...).")
+    count: int
+    last_at: datetime | None = None
+    last_topic: str | None = None
+
+
+class RejectedCount(BaseModel):
+    reason: str
+    family: str
+    count: int
+
+
+class IngestOut(BaseModel):
+    worker_id: str
+    group: str
+    uptime_s: float
+    received_total: int = Field(description="Messages this worker received since it started.")
+    committed_total: int = Field(description="Messages this worker committed (and acknowledged).")
+    rate_per_s: float = Field(description="Committed messages per second over the last 5 s.")
+    rate_1m_per_s: float = Field(description="Committed messages per second over the last minute.")
+    queue_depth: int
+    batches: int
+    mean_batch_ms: float
+    db_retries: int
+    events_new: int
+    events_duplicate: int
+    gaps_opened: int
+    gaps_closed: int
+    command_results: int
+    commands_issued: int
+    received: dict[str, int]
+    rejected: list[RejectedCount] = Field(description="Rejected by this worker since it started.")
+    rpc: list[dict[str, Any]] = Field(description="RPC answers by service and outcome.")
+
+
+class StatsOut(BaseModel):
+    devices: int
+    devices_online: int
+    events: int
+    gaps_open: int
+    commands: dict[str, int] = Field(description="Commands by status.")
+    ingest_errors: list[IngestErrorOut] = Field(description="Rejected messages, all workers, all time.")
+    malformed_total: int = Field(description="Rejected for any reason except oversized (all workers).")
+    oversized_total: int = Field(description="Rejected for being over the size limit (all workers).")
+    ingest: IngestOut
+    db: str = Field(description="Database dialect (sqlite or postgresql).")
+
+
+class HealthOut(BaseModel):
+    ok: bool
+    db: bool
+    broker: bool
+    writer: bool

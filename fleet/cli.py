@@ -1,0 +1,220 @@
+"""``cityedge fleet``: run the central service, and talk to its API from a terminal."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+ApiOpt = Annotated[
+    str,
+    typer.Option(
+        "--api", envvar="CITYEDGE_FLEET_URL", help="Fleet API URL (env CITYEDGE_FLEET_URL).", show_envvar=True
+    ),
+]
+DEFAULT_API = "http://127.0.0.1:8080"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _parse_args(pairs: list[str]) -> dict[str, Any]:
+    """``k=v`` pairs; a value that reads as JSON (5, true, {"a":1}) is taken as JSON, else as text."""
+    args: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"--arg {pair!r} must be KEY=VALUE")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args
+
+
+def _writer_mode(value: str) -> bool:
+    if value not in ("process", "thread"):
+        raise _fail(f"--writer must be 'process' or 'thread', not {value!r}")
+    return value == "process"
+
+
+def serve_cmd(
+    broker: Annotated[str, typer.Option(help="Broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT.")] = (
+        "mqtt://127.0.0.1:1883"
+    ),
+    db: Annotated[str, typer.Option(help="SQLAlchemy database URL.")] = "sqlite:///var/fleet.db",
+    http: Annotated[str, typer.Option(help="HOST:PORT for the REST API and dashboard.")] = "127.0.0.1:8080",
+    group: Annotated[str, typer.Option(help="Shared-subscription group of the workers.")] = "fleet",
+    worker_id: Annotated[
+        str | None, typer.Option(help="Stable MQTT client id of this worker (default fleet-HOSTNAME).")
+    ] = None,
+    topic_prefix: Annotated[str, typer.Option(help="Topic prefix of the contract.")] = "city/v1",
+    ca: Annotated[Path | None, typer.Option(help="CA certificate of the broker (mqtts).")] = None,
+    cert: Annotated[Path | None, typer.Option(help="Fleet certificate (mTLS).")] = None,
+    key: Annotated[Path | None, typer.Option(help="Fleet private key (mTLS).")] = None,
+    max_payload: Annotated[int, typer.Option(help="Largest accepted payload in bytes.")] = 256 * 1024,
+    rpc: Annotated[
+        list[str] | None, typer.Option(help="Extra RPC service NAME=module:factory (repeatable).")
+    ] = None,
+    signer: Annotated[
+        str | None,
+        typer.Option(
+            help="Command signer factory module:callable(data_dir), e.g. fleet.signer:load_fleet_signer."
+        ),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Fleet data directory (signing keys).")] = Path("var/fleet"),
+    router: Annotated[
+        list[str] | None, typer.Option(help="Extra API router factory module:callable(service).")
+    ] = None,
+    writer: Annotated[
+        str, typer.Option(help="process: decode and commit in a writer process (faster); thread: in-process.")
+    ] = "process",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run a fleet worker: ingest from the broker, store, serve the API and dashboard."""
+    from pydantic import ValidationError
+
+    from fleet.config import FleetConfig, FleetConfigError
+    from fleet.ingest import IngestError
+    from fleet.procwriter import WriterProcessError
+    from fleet.serve import build_registry, build_signer, load_object, parse_http, serve
+
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        host, port = parse_http(http)
+        settings: dict[str, Any] = {
+            "broker_url": broker,
+            "db_url": db,
+            "http_host": host,
+            "http_port": port,
+            "group": group,
+            "topic_prefix": topic_prefix,
+            "ca_file": ca,
+            "cert_file": cert,
+            "key_file": key,
+            "max_payload_bytes": max_payload,
+            "data_dir": data_dir,
+            "writer_process": _writer_mode(writer),
+        }
+        if worker_id is not None:
+            settings["worker_id"] = worker_id
+        config = FleetConfig(**settings)
+        serve(
+            config,
+            signer=build_signer(signer, config.data_dir),
+            rpc_registry=build_registry(rpc or []),
+            router_factories=[load_object(spec) for spec in router or []],
+        )
+    except (FleetConfigError, IngestError, WriterProcessError) as exc:
+        raise _fail(str(exc)) from exc
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise _fail(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+
+
+def devices_cmd(
+    api: ApiOpt = DEFAULT_API,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    role: Annotated[str | None, typer.Option(help="Only devices with this role.")] = None,
+    online: Annotated[bool, typer.Option("--online", help="Only devices that are online.")] = False,
+) -> None:
+    """List the devices the fleet knows."""
+    from fleet.client import FleetApiError, FleetClient
+    from fleet.clifmt import devices_table, print_table
+
+    try:
+        with FleetClient(api) as client:
+            rows = client.devices(role=role, online=True if online else None)
+    except FleetApiError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(devices_table(rows))
+
+
+def command_cmd(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    name: Annotated[str, typer.Argument(help="Command name (ping, reboot, restart, set_config, ...).")],
+    arg: Annotated[list[str] | None, typer.Option("--arg", help="Argument KEY=VALUE (repeatable).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the device's answer.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 30.0,
+    ttl: Annotated[float | None, typer.Option(help="Command lifetime in seconds.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Send a command to a device (with --wait: its result; exit 1 if not ok, 2 on timeout)."""
+    from fleet.client import FleetApiError, FleetClient
+
+    args = _parse_args(arg or [])
+    try:
+        with FleetClient(api) as client:
+            command_id = client.send_command(device, name, args, ttl)
+            state = client.wait_command(command_id, timeout) if wait else {"id": command_id}
+    except FleetApiError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(state, indent=2))
+    elif not wait:
+        typer.echo(command_id)
+    else:
+        detail = (
+            json.dumps(state.get("result") or {}) if state["status"] == "ok" else state.get("error") or ""
+        )
+        typer.echo(f"{command_id} {state['status']} {detail}".rstrip())
+    if wait:
+        status = state["status"]
+        if status == "pending":
+            raise _fail(f"no answer from {device} within {timeout:g}s", 2)
+        if status != "ok":
+            raise typer.Exit(1)
+
+
+def events_cmd(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    limit: Annotated[int, typer.Option(help="How many (newest first).")] = 50,
+    kind: Annotated[str | None, typer.Option(help="Only events of this kind.")] = None,
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Show a device's latest events."""
+    from fleet.client import FleetApiError, FleetClient
+    from fleet.clifmt import events_table, print_table
+
+    try:
+        with FleetClient(api) as client:
+            rows = client.events(device, limit=limit, kind=kind)
+    except FleetApiError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(events_table(device, rows))
+
+
+def register(app: typer.Typer) -> None:
+    fleet = typer.Typer(
+        name="fleet",
+        help="Central fleet service: ingest, device registry, commands, API and dashboard.",
+        no_args_is_help=True,
+    )
+    fleet.command("serve")(serve_cmd)
+    fleet.command("devices")(devices_cmd)
+    fleet.command("command")(command_cmd)
+    fleet.command("events")(events_cmd)
+    try:  # the command-signing key tools live beside the service (security part)
+        from fleet.keys_cli import register_keys
+    except ModuleNotFoundError as exc:
+        if exc.name != "fleet.keys_cli":
+            raise
+    else:
+        register_keys(fleet)
+    app.add_typer(fleet, name="fleet")

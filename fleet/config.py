@@ -1,0 +1,168 @@
+"""Configuration of one fleet worker (pydantic, ``extra="forbid"``) and broker URL parsing."""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.topics import DEFAULT_PREFIX
+
+
+class FleetConfigError(ValueError):
+    """A fleet setting is wrong (bad URL, unreadable file, impossible limit)."""
+
+
+def default_worker_id() -> str:
+    """A stable MQTT client id for this host, so the persistent session survives restarts."""
+    host = re.sub(r"[^a-z0-9-]+", "-", socket.gethostname().lower()).strip("-") or "host"
+    return f"fleet-{host}"[:63]
+
+
+class FleetConfig(BaseModel):
+    """Everything one fleet worker needs; the CLI builds it from its options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker_url: str = Field(
+        default="mqtt://127.0.0.1:1883",
+        description="Broker URL: mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS).",
+    )
+    db_url: str = Field(
+        default="sqlite:///var/fleet.db",
+        description="SQLAlchemy URL of the database (sqlite:///PATH or postgresql+psycopg://...).",
+    )
+    http_host: str = Field(default="127.0.0.1", description="Address the REST API and dashboard listen on.")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the REST API and dashboard.")
+    group: str = Field(
+        default="fleet",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Shared-subscription group: workers in one group split the device messages.",
+    )
+    worker_id: str = Field(
+        default_factory=default_worker_id,
+        min_length=1,
+        max_length=64,
+        description="MQTT client id of this worker; keep it stable so its persistent session survives.",
+    )
+    data_dir: Path = Field(
+        default=Path("var/fleet"), description="Fleet data directory (command-signing keys, CA) for plug-ins."
+    )
+    topic_prefix: str = Field(
+        default=DEFAULT_PREFIX, min_length=1, description="Topic prefix of the contract."
+    )
+    ca_file: Path | None = Field(
+        default=None, description="CA certificate that signed the broker's certificate."
+    )
+    cert_file: Path | None = Field(
+        default=None, description="Certificate of the fleet's own identity (mTLS)."
+    )
+    key_file: Path | None = Field(default=None, description="Private key of the fleet's own identity (mTLS).")
+    keepalive_s: int = Field(default=30, ge=5, le=3600, description="MQTT keepalive in seconds.")
+    reconnect_max_s: int = Field(
+        default=30,
+        ge=1,
+        le=3600,
+        description="Longest wait between reconnection attempts (doubling from 1 s).",
+    )
+    session_expiry_s: int = Field(
+        default=86_400,
+        ge=0,
+        description="How long the broker keeps this worker's session (and its queue) offline.",
+    )
+    receive_maximum: int = Field(
+        default=2000, ge=1, le=65535, description="Unacknowledged QoS 1 messages the broker may send at once."
+    )
+    max_payload_bytes: int = Field(
+        default=256 * 1024, ge=1, description="Largest accepted payload, in bytes."
+    )
+    evidence_max_payload_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description="Largest accepted payload on evidence event topics, in bytes.",
+    )
+    evidence_kinds: tuple[str, ...] = Field(
+        default=("traffic.violation",), description="Event kinds that carry evidence (larger size limit)."
+    )
+    writer_process: bool = Field(
+        default=False,
+        description="Decode and commit in a separate writer process, beside the MQTT thread "
+        "(about twice the ingest rate on two or more cores); otherwise in a thread.",
+    )
+    batch_interval_s: float = Field(
+        default=0.05,
+        gt=0,
+        le=5,
+        description="Longest time a received message waits before its batch is committed.",
+    )
+    batch_idle_s: float = Field(
+        default=0.005, gt=0, le=1, description="Commit early when no new message arrived for this long."
+    )
+    batch_max: int = Field(default=1000, ge=1, description="Most messages committed in one transaction.")
+    queue_max: int = Field(default=20_000, ge=1, description="Messages held in memory before ingest pauses.")
+    rpc_workers: int = Field(default=8, ge=1, le=256, description="Threads answering device RPC requests.")
+    rpc_timeout_s: float = Field(
+        default=5.0, gt=0, description="An RPC call that takes longer is answered 'timeout'."
+    )
+    command_ttl_s: float = Field(default=60.0, gt=0, description="Default lifetime of a command.")
+    command_max_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="Longest lifetime a command may ask for."
+    )
+    command_grace_s: float = Field(
+        default=5.0, ge=0, description="Unanswered commands are marked expired this long after they expire."
+    )
+    retained_sync_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="At start, read retained status/shadow for this long (brokers that follow MQTT 5 "
+        "send no retained messages on shared subscriptions); 0 turns it off.",
+    )
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        BrokerUrl.parse(value)
+        return value
+
+    def broker(self) -> BrokerUrl:
+        return BrokerUrl.parse(self.broker_url)
+
+    def max_bytes_for(self, family: str, kind: str | None) -> int:
+        if family == "events" and kind in self.evidence_kinds:
+            return max(self.max_payload_bytes, self.evidence_max_payload_bytes)
+        return self.max_payload_bytes
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """``mqtt://[USER[:PASS]@]HOST[:PORT]`` or ``mqtts://...`` split into parts."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts"):
+            raise FleetConfigError(f"broker URL {url!r} must start with mqtt:// or mqtts://")
+        if not parts.hostname:
+            raise FleetConfigError(f"broker URL {url!r} has no host name")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise FleetConfigError(f"broker URL {url!r} has an invalid port") from exc
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port if port is not None else (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )

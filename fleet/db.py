@@ -1,0 +1,267 @@
+"""Database schema (SQLAlchemy Core) and engines: one schema for SQLite (WAL) and PostgreSQL.
+
+Times are stored as timezone-aware UTC (``UtcDateTime``); JSON as ``JSON`` (``JSONB`` on
+PostgreSQL). ``insert_ignore`` and ``upsert`` pick the dialect's ON CONFLICT form.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Dialect,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql.dml import Insert
+from sqlalchemy.types import DateTime, TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every dialect (SQLite stores naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database; use protocol.timefmt.utc_now()")
+        utc = value.astimezone(timezone.utc)
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+JsonType = JSON().with_variant(postgresql.JSONB(), "postgresql")
+ID = String(64)
+
+metadata = MetaData()
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("role", Text),
+    Column("version", Text),
+    Column("online", Boolean, nullable=False, default=False),
+    Column("boot_id", Text),
+    Column("first_seen", UtcDateTime, nullable=False),
+    Column("last_seen", UtcDateTime, nullable=False),
+    Column("status", JsonType),
+    Column("status_at", UtcDateTime),
+    Column("telemetry", JsonType),
+    Column("telemetry_at", UtcDateTime),
+    Column("shadow_reported", JsonType),
+    Column("shadow_reported_at", UtcDateTime),
+    Column("shadow_desired", JsonType),
+    Column("last_seq", BigInteger),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("device", ID, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("ts", UtcDateTime, nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("data", JsonType, nullable=False),
+    Column("sig", JsonType),
+    Index("ix_events_device_seq", "device", "seq"),
+    Index("ix_events_received_at", "received_at"),
+)
+
+gaps = Table(
+    "seq_gaps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device", ID, nullable=False, index=True),
+    Column("first_seq", BigInteger, nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("missing", BigInteger, nullable=False),
+    Column("detected_at", UtcDateTime, nullable=False),
+    Column("closed_at", UtcDateTime),
+)
+
+commands = Table(
+    "commands",
+    metadata,
+    Column("id", ID, primary_key=True),
+    Column("device", ID, nullable=False, index=True),
+    Column("name", String(64), nullable=False),
+    Column("args", JsonType, nullable=False),
+    Column("issued_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("nonce", String(128), nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("result", JsonType),
+    Column("error", Text),
+    Column("answered_at", UtcDateTime),
+)
+
+ingest_errors = Table(
+    "ingest_errors",
+    metadata,
+    Column("reason", String(32), nullable=False),
+    Column("family", String(32), nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("last_at", UtcDateTime, nullable=False),
+    Column("last_topic", Text),
+    UniqueConstraint("reason", "family", name="uq_ingest_errors"),
+)
+
+
+def _prepare_sqlite(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+def make_engine(url: str, *, immediate: bool = False) -> Engine:
+    """An engine for ``url``; with ``immediate`` SQLite write transactions start BEGIN IMMEDIATE.
+
+    SQLite runs in WAL mode with ``synchronous=FULL`` (a commit survives a power cut, which an
+    acknowledged message must; cheap because ingest commits in batches) and a busy timeout, so
+    several workers and readers share one file.
+    """
+    if make_url(url).get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    _prepare_sqlite(url)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def create_schema(engine: Engine) -> None:
+    metadata.create_all(engine)
+
+
+def insert_ignore(table: Table, dialect: Dialect) -> Insert:
+    """INSERT that silently skips rows whose key already exists."""
+    if dialect.name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if dialect.name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"database {dialect.name!r} is not supported (use SQLite or PostgreSQL)")
+
+
+def add_error_counts(dialect: Dialect) -> Insert:
+    """INSERT into ingest_errors that adds to the existing counter of (reason, family)."""
+    module: Any = postgresql if dialect.name == "postgresql" else sqlite
+    stmt = module.insert(ingest_errors)
+    return stmt.on_conflict_do_update(  # type: ignore[no-any-return]
+        index_elements=["reason", "family"],
+        set_={
+            "count": ingest_errors.c.count + stmt.excluded.count,
+            "last_at": stmt.excluded.last_at,
+            "last_topic": stmt.excluded.last_topic,
+        },
+    )
+
+
+_EVENT_COLUMNS = "id, device, seq, kind, ts, received_at, data, sig"
+_EVENT_VALUES = {
+    "sqlite": "(?, ?, ?, ?, ?, ?, ?, ?)",
+    "postgresql": "(%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb)",
+}
+_EVENT_ROWS_PER_STATEMENT = 100
+
+
+def _sqlite_time(moment: datetime) -> str:
+    """The text SQLAlchemy's SQLite DateTime stores (naive UTC, microseconds)."""
+    if moment.tzinfo is not timezone.utc:
+        moment = moment.astimezone(timezone.utc)
+    return moment.isoformat(" ", "microseconds")[:26]  # without the "+00:00"
+
+
+def insert_events(conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert-or-ignore event rows: the ingest hot path.
+
+    Values are prepared here once (same stored form as the Table types) and sent as multi-row
+    INSERTs of 100 rows: per-row type processing and one statement per row (each releasing and
+    re-taking the GIL while the MQTT thread runs) made this the bottleneck of ingest.
+    """
+    dialect = conn.dialect.name
+    if dialect not in _EVENT_VALUES:
+        conn.execute(insert_ignore(events, conn.dialect), list(rows))
+        return
+    stamp: Callable[[datetime], Any] = _sqlite_time if dialect == "sqlite" else (lambda m: m)
+    dumps = json.dumps
+    for part in chunks(rows, _EVENT_ROWS_PER_STATEMENT):
+        params: list[Any] = []
+        for r in part:
+            params += (
+                r["id"],
+                r["device"],
+                r["seq"],
+                r["kind"],
+                stamp(r["ts"]),
+                stamp(r["received_at"]),
+                dumps(r["data"]),
+                None if r["sig"] is None else dumps(r["sig"]),
+            )
+        values = ", ".join([_EVENT_VALUES[dialect]] * len(part))
+        sql = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES {values} ON CONFLICT DO NOTHING"
+        conn.exec_driver_sql(sql, tuple(params))
+
+
+_TOUCH_SQL = {
+    "sqlite": "UPDATE devices SET last_seen = max(last_seen, coalesce(?, last_seen)), "
+    "last_seq = coalesce(?, last_seq) WHERE id = ?",
+    "postgresql": "UPDATE devices SET last_seen = GREATEST(last_seen, %s), "
+    "last_seq = COALESCE(%s, last_seq) WHERE id = %s",
+}
+FAST_DIALECTS = frozenset(_TOUCH_SQL)
+
+
+def touch_devices(conn: Connection, rows: Sequence[tuple[str, datetime | None, int | None]]) -> None:
+    """For each (device, seen, seq): move last_seen forward to ``seen`` and set last_seq (None:
+    keep). The other ingest hot path: every batch touches every device it heard from."""
+    dialect = conn.dialect.name
+    stamp: Callable[[datetime], Any] = _sqlite_time if dialect == "sqlite" else (lambda m: m)
+    params = [(None if seen is None else stamp(seen), seq, device) for device, seen, seq in rows]
+    conn.exec_driver_sql(_TOUCH_SQL[dialect], params)
+
+
+def chunks(items: Sequence[Any], size: int = 500) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]

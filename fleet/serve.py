@@ -1,0 +1,118 @@
+"""Run one fleet worker with its HTTP server (what ``cityedge fleet serve`` does).
+
+Plug-ins are named ``module:callable`` and imported at start: RPC service factories taking no
+argument (``--rpc dossier=fleet.gateway.dossier:make_service``), a command signer factory taking
+the data directory (``--signer fleet.signer:load_fleet_signer``), and router factories taking
+the service (``--router fleet.enroll:router``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter
+
+from fleet.commands import CommandSigner
+from fleet.config import FleetConfig, FleetConfigError
+from fleet.rpc import RpcRegistry, RpcService, default_registry
+from fleet.service import FleetService
+
+log = logging.getLogger(__name__)
+
+
+def load_object(spec: str) -> Any:
+    """Import ``module:attribute`` (raises FleetConfigError saying what is missing)."""
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise FleetConfigError(f"plug-in {spec!r} must be written module:callable")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise FleetConfigError(f"plug-in {spec!r}: cannot import {module_name!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:
+        raise FleetConfigError(f"plug-in {spec!r}: {module_name} has no {attr!r}") from exc
+
+
+def parse_http(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise FleetConfigError(f"--http {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def build_registry(rpc_specs: Sequence[str]) -> RpcRegistry:
+    registry = default_registry()
+    for spec in rpc_specs:
+        name, sep, target = spec.partition("=")
+        if not sep:
+            raise FleetConfigError(f"--rpc {spec!r} must be NAME=module:factory")
+        factory = load_object(target)
+        try:
+            service: RpcService = factory()
+        except Exception as exc:  # a plug-in: report whatever it raised, in words
+            raise FleetConfigError(f"--rpc {spec!r}: could not build the service: {exc}") from exc
+        registry.register(name, service)
+    return registry
+
+
+def build_signer(spec: str | None, data_dir: Path) -> CommandSigner | None:
+    """``module:factory`` called with the fleet data directory (e.g. fleet.signer:load_fleet_signer)."""
+    if spec is None:
+        return None
+    factory = load_object(spec)
+    try:
+        signer: CommandSigner = factory(data_dir)
+    except Exception as exc:  # a plug-in: report whatever it raised, in words
+        raise FleetConfigError(f"--signer {spec!r}: could not load the signing key: {exc}") from exc
+    return signer
+
+
+@contextlib.contextmanager
+def _quiet_signals() -> Iterator[None]:
+    """uvicorn re-raises SIGINT/SIGTERM after its graceful exit; let that be a no-op so the
+    worker can drain and stop instead of dying before it commits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def serve(
+    config: FleetConfig,
+    *,
+    signer: CommandSigner | None = None,
+    rpc_registry: RpcRegistry | None = None,
+    router_factories: Sequence[Callable[[FleetService], APIRouter]] = (),
+) -> None:
+    """Start the worker and serve HTTP until SIGINT/SIGTERM; then drain and stop."""
+    import uvicorn
+
+    from fleet.api import create_app
+
+    service = FleetService(config, signer=signer, rpc_registry=rpc_registry)
+    service.start()
+    try:
+        app = create_app(service, extra_routers=[factory(service) for factory in router_factories])
+        server = uvicorn.Server(
+            uvicorn.Config(app, host=config.http_host, port=config.http_port, log_level="warning")
+        )
+        log.info("fleet API and dashboard on http://%s:%d/", config.http_host, config.http_port)
+        with _quiet_signals():
+            server.run()
+    finally:
+        service.stop()
+        log.info("fleet worker %s stopped", config.worker_id)

@@ -1,0 +1,188 @@
+"""One fleet worker wired together: store, batch writer, MQTT link, RPC gateway, commands.
+
+This is the supervisor boundary: ``start`` brings the parts up in order, a maintenance thread
+expires commands and logs the ingest rate, ``stop`` drains and commits before disconnecting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from fleet.commands import CommandService, CommandSigner, UnsignedSigner
+from fleet.config import FleetConfig
+from fleet.inbound import Received
+from fleet.ingest import MqttLink, sync_retained
+from fleet.procwriter import ProcessWriter
+from fleet.rpc import RpcDispatcher, RpcRegistry, default_registry
+from fleet.stats import IngestStats
+from fleet.store import Store
+from fleet.writer import BatchWriter
+from protocol.timefmt import utc_now
+from protocol.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class FleetService:
+    """A fleet worker. ``signer`` signs commands; ``rpc_registry`` holds the city services."""
+
+    def __init__(
+        self,
+        config: FleetConfig,
+        *,
+        signer: CommandSigner | None = None,
+        rpc_registry: RpcRegistry | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.config = config
+        self.topics = Topics(config.topic_prefix)
+        self.stats = IngestStats()
+        self.store = store or Store(config.db_url)
+        self.signer: CommandSigner = signer or UnsignedSigner()
+        self.rpc_registry = rpc_registry or default_registry()
+        self.writer: BatchWriter | ProcessWriter
+        if config.writer_process:
+            self.writer = ProcessWriter(
+                config, self.stats, retained_floor=utc_now(), on_lost=self._writer_lost
+            )
+        else:
+            self.writer = BatchWriter(
+                self.store,
+                self.stats,
+                interval_s=config.batch_interval_s,
+                idle_s=config.batch_idle_s,
+                max_items=config.batch_max,
+                queue_max=config.queue_max,
+                topics=self.topics,
+                max_bytes=config.max_bytes_for,
+            )
+        self.rpc = RpcDispatcher(
+            self.rpc_registry,
+            self.publish,
+            self.topics,
+            workers=config.rpc_workers,
+            timeout_s=config.rpc_timeout_s,
+            on_outcome=self.stats.on_rpc,
+        )
+        self.link = MqttLink(config, self.topics, self._accept, self.stats, self.rpc.submit)
+        self.commands = CommandService(
+            self.store,
+            self.publish,
+            self.signer,
+            self.topics,
+            default_ttl_s=config.command_ttl_s,
+            max_ttl_s=config.command_max_ttl_s,
+            on_issued=self.stats.on_command,
+        )
+        self._paused = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.started = False
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.link.publish(topic, payload)
+
+    def _accept(self, received: Received) -> None:
+        if not self._paused.is_set():  # while stopping, leave messages unacked for the next start
+            self.writer.accept(received)
+
+    def _writer_lost(self) -> None:
+        self.link.force_reconnect()
+
+    def start(self) -> FleetService:
+        """Create the schema, start writing, connect and subscribe (raises IngestError)."""
+        self.store.create_schema()
+        self.writer.start()
+        try:
+            self.link.start()
+        except Exception:
+            self.writer.stop()
+            raise
+        self._spawn("fleet-maintenance", self._maintain)
+        if self.config.retained_sync_s > 0:
+            self._spawn("fleet-retained-sync", self._sync)
+        self.started = True
+        log.info(
+            "fleet worker %s up: group %s, broker %s, db %s",
+            self.config.worker_id,
+            self.config.group,
+            self.config.broker_url,
+            self.store.dialect,
+        )
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _sync(self) -> None:
+        try:
+            sync_retained(self.config, self.topics, self._accept)
+        except Exception:  # supervisor boundary: the sync is an optimisation
+            log.exception("retained sync failed")
+
+    def _maintain(self) -> None:
+        last_log, last_total = time.monotonic(), 0
+        while not self._stop.wait(1.0):
+            try:
+                self.commands.expire(self.config.command_grace_s)
+            except Exception as exc:  # supervisor boundary: retried next second
+                log.warning("could not expire commands: %s", exc)
+            if time.monotonic() - last_log >= 10.0:
+                total = self.stats.committed
+                if total != last_total:
+                    log.info(
+                        "ingest: %.0f msg/s (5 s), %d committed, queue %d",
+                        self.stats.rate(5.0),
+                        total,
+                        self.stats.queue_depth(),
+                    )
+                last_log, last_total = time.monotonic(), total
+
+    def stop(self) -> None:
+        """Stop taking messages, commit and acknowledge what was taken, then disconnect."""
+        if not self.started:
+            return
+        self._paused.set()
+        self._stop.set()
+        self.writer.stop(flush=True)
+        time.sleep(0.05)  # let the network thread write the last acknowledgements
+        self.link.stop()
+        self._finish()
+
+    def abort(self) -> None:
+        """Die as a crash would: nothing more is committed or acknowledged, no DISCONNECT."""
+        if not self.started:
+            return
+        self._paused.set()
+        self._stop.set()
+        self.writer.stop(flush=False, timeout=2.0)
+        self.link.client.loop_stop()
+        sock = self.link.client.socket()
+        if sock is not None:
+            sock.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        self.rpc.stop()
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+        self.store.dispose()
+        self.started = False
+
+    def health(self) -> dict[str, bool]:
+        db_ok = True
+        try:
+            self.store.ping()
+        except Exception:  # any failure means "not healthy"
+            db_ok = False
+        return {
+            "db": db_ok,
+            "broker": self.link.connected,
+            "writer": self.writer.alive,
+            "ok": db_ok and self.link.connected and self.writer.alive,
+        }

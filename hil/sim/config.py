@@ -1,0 +1,74 @@
+"""Settings of one simulator run (many virtual kiosks and cameras on one asyncio loop)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.topics import DEFAULT_PREFIX
+
+
+class SimConfigError(ValueError):
+    """A simulator setting is wrong (bad broker URL, impossible numbers)."""
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """``mqtt://HOST:PORT`` → (host, port); port 1883 when left out."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+        raise SimConfigError(
+            f"broker URL {url!r} must look like mqtt://HOST:PORT (e.g. mqtt://127.0.0.1:1883)"
+        )
+    try:
+        port = parsed.port or 1883
+    except ValueError as exc:
+        raise SimConfigError(f"broker URL {url!r} has an invalid port") from exc
+    return parsed.hostname, port
+
+
+class SimConfig(BaseModel):
+    """Everything a simulator run needs; defaults give a realistic, quiet city."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    broker: str = Field(description="Broker URL, mqtt://HOST:PORT.")
+    devices: int = Field(default=30, ge=1, le=20_000, description="Number of simulated devices.")
+    prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Topic prefix (topic_prefix).")
+    id_prefix: str = Field(
+        default="sim", pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="Middle part of the device ids."
+    )
+    duration_s: float | None = Field(default=None, gt=0, description="Stop after this many seconds.")
+    telemetry_interval_s: float = Field(default=10.0, gt=0, description="Seconds between telemetry messages.")
+    time_scale: float = Field(
+        default=1.0, gt=0, description="Speed-up of scenario time (60: a traffic-count minute per second)."
+    )
+    seed: int = Field(default=0, description="Seed of the scenario randomness (reproducible runs).")
+    version: str = Field(default="0.1.0-sim", description="Software version the devices report.")
+    ramp_rate: float = Field(default=1000.0, gt=0, description="Connection attempts started per second.")
+    max_connecting: int = Field(default=100, ge=1, description="Connection attempts in flight at once.")
+    connect_timeout_s: float = Field(default=30.0, gt=0, description="Wait this long for a CONNACK.")
+    keepalive_s: int = Field(default=60, ge=5, le=65535, description="MQTT keep-alive of each device.")
+    session_expiry_s: int = Field(default=600, ge=0, description="MQTT v5 session expiry on the broker.")
+    reconnect_min_s: float = Field(default=0.5, gt=0, description="First reconnect delay after a drop.")
+    reconnect_max_s: float = Field(default=30.0, gt=0, description="Longest reconnect delay (backoff cap).")
+    load_events: int = Field(
+        default=0, ge=0, description="Extra events per device once all devices are connected (benchmark)."
+    )
+    load_rate: float = Field(
+        default=0.0, ge=0, description="Total events/s of the load phase; 0 = as fast as possible."
+    )
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        parse_broker_url(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return parse_broker_url(self.broker)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_broker_url(self.broker)[1]

@@ -1,0 +1,228 @@
+"""State of one simulated device and every message it sends, built without I/O.
+
+The link (``hil.sim.link``) decides *when* to send; this module decides *what*: status with a
+boot id, telemetry with a running ``seq``, event envelopes with ULID ids and a per-device ``seq``
+that never goes back, the reported shadow, and answers to commands and desired state.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ulid import ULID
+
+from hil.sim.commands import CommandBook, CommandFailed, Handler
+from hil.sim.scenario import TRAFFIC_WINDOW_S, CameraScenario, KioskScenario, Role, Vitals
+from protocol.errors import PayloadError
+from protocol.models import (
+    Command,
+    EventEnvelope,
+    ShadowDesired,
+    ShadowReported,
+    Status,
+    Telemetry,
+    WireModel,
+    decode,
+)
+from protocol.timefmt import now_ts
+from protocol.topics import Topics
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One MQTT publication: where, what, how."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    family: str
+
+
+_PERIPHERALS: dict[Role, dict[str, Any]] = {
+    "kiosk": {
+        "screen": {"ok": True, "heartbeat_age_s": 2.0, "viewport": [1080, 1920]},
+        "scanner": {"state": "ok", "port": "/dev/ttyACM0"},
+        "printer": {"state": "ok", "paper": "ok"},
+    },
+    "camera": {
+        "camera": {"ok": True, "resolution": "1920x1080", "fps": 15},
+        "io_board": {"ok": True, "signal_phase_input": True},
+    },
+}
+
+
+class SimDevice:
+    """One virtual kiosk or camera."""
+
+    def __init__(
+        self,
+        device_id: str,
+        role: Role,
+        topics: Topics,
+        rng: random.Random,
+        *,
+        version: str = "0.1.0-sim",
+        time_scale: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.id = device_id
+        self.role = role
+        self.topics = topics
+        self.rng = rng
+        self.version = version
+        self.time_scale = time_scale
+        self.clock = clock
+        self.boot_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        self.booted = clock()
+        self.telemetry_seq = 0
+        self.event_seq = 0
+        self.config: dict[str, Any] = {}
+        self.config_version = 0
+        self.logs: deque[str] = deque(maxlen=200)
+        self.vitals = Vitals(rng, role)
+        self.scenario: KioskScenario | CameraScenario = (
+            KioskScenario(rng) if role == "kiosk" else CameraScenario(rng, device_id)
+        )
+        self.scenario.start(0.0)
+        self.commands = CommandBook(self._handlers())
+        self._after_command: list[Outgoing] = []
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def _out(self, topic: str, model: WireModel, qos: int, retain: bool, family: str) -> Outgoing:
+        return Outgoing(topic, model.to_bytes(), qos, retain, family)
+
+    def status(self, online: bool) -> Outgoing:
+        msg = Status(online=online, ts=now_ts(), role=self.role, version=self.version, boot_id=self.boot_id)
+        return self._out(self.topics.status(self.id), msg, 1, True, "status")
+
+    def telemetry(self) -> Outgoing:
+        self.telemetry_seq += 1
+        msg = Telemetry(
+            ts=now_ts(),
+            seq=self.telemetry_seq,
+            uptime_s=round(self.clock() - self.booted, 1),
+            **self.vitals.step(),
+            **self.scenario.metrics(),
+        )
+        return self._out(self.topics.telemetry(self.id), msg, 0, False, "telemetry")
+
+    def event(self, kind: str, data: dict[str, Any]) -> Outgoing:
+        self.event_seq += 1
+        env = EventEnvelope(
+            id=str(ULID()), seq=self.event_seq, ts=now_ts(), device=self.id, kind=kind, data=data
+        )
+        return self._out(self.topics.event(self.id, kind), env, 1, False, "events")
+
+    def shadow_reported(self) -> Outgoing:
+        msg = ShadowReported(
+            ts=now_ts(),
+            config_version=self.config_version,
+            software={"agent": self.version, "role": self.role, "simulated": True},
+            peripherals=_PERIPHERALS[self.role],
+        )
+        return self._out(self.topics.shadow_reported(self.id), msg, 1, True, "shadow")
+
+    def due_events(self) -> list[Outgoing]:
+        """Events the scenario produced up to now."""
+        scenario_now = (self.clock() - self.booted) * self.time_scale
+        return [self.event(kind, data) for kind, data in self.scenario.advance(scenario_now)]
+
+    def load_event(self) -> Outgoing:
+        """One extra ordinary event (benchmark load phase)."""
+        scen = self.scenario
+        kind, data = scen.rating() if isinstance(scen, KioskScenario) else scen.count()
+        return self.event(kind, data)
+
+    def next_event_in(self) -> float:
+        """Real seconds until the scenario next changes (at least a little)."""
+        scen = self.scenario
+        scenario_now = (self.clock() - self.booted) * self.time_scale
+        due = scen.next_change if isinstance(scen, KioskScenario) else scen.window_start + TRAFFIC_WINDOW_S
+        return max(0.05, (due - scenario_now) / self.time_scale)
+
+    # -- inbound ------------------------------------------------------------------------------
+
+    def on_command(self, payload: bytes, topic: str) -> list[Outgoing]:
+        """Answer to a ``commands/req`` payload, plus whatever the command changed."""
+        self._after_command = []
+        result = self.commands.answer(payload, topic)
+        if result is None:
+            self.log(f"ignored a command without a usable id on {topic}")
+            return []
+        self.log(f"command {result.id}: {result.status}")
+        answer = self._out(self.topics.commands_res(self.id), result, 1, False, "commands")
+        return [answer, *self._after_command]
+
+    def on_desired(self, payload: bytes, topic: str) -> list[Outgoing]:
+        """Apply a newer desired state and report it; older or equal versions change nothing."""
+        try:
+            desired = decode(ShadowDesired, payload, topic=topic)
+        except PayloadError as exc:
+            self.log(f"ignored desired state: {exc}")
+            return []
+        if desired.version <= self.config_version:
+            return []
+        self.config = dict(desired.config)
+        self.config_version = desired.version
+        self.log(f"applied desired config version {desired.version}")
+        return [self.shadow_reported()]
+
+    def log(self, line: str) -> None:
+        self.logs.append(f"{now_ts()} {self.id}: {line}")
+
+    # -- command handlers ---------------------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Handler]:
+        return {
+            "ping": self._ping,
+            "restart": self._restart,
+            "reboot": self._restart,
+            "set_config": self._set_config,
+            "get_logs": self._get_logs,
+            "snapshot": self._snapshot,
+            "update": self._update,
+        }
+
+    def _ping(self, command: Command) -> dict[str, Any]:
+        return {"pong": True, "ts": now_ts(), "uptime_s": round(self.clock() - self.booted, 1)}
+
+    def _restart(self, command: Command) -> dict[str, Any]:
+        """Harmless: a new boot id and uptime, announced with a fresh online status."""
+        self.boot_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+        self.booted = self.clock()
+        self._after_command.append(self.status(True))
+        return {"simulated": True, command.name: "done", "boot_id": self.boot_id}
+
+    def _set_config(self, command: Command) -> dict[str, Any]:
+        config = command.args.get("config", command.args)
+        if not isinstance(config, dict):
+            raise CommandFailed("set_config needs args.config to be an object")
+        version = command.args.get("version", self.config_version + 1)
+        if not isinstance(version, int) or version < 0:
+            raise CommandFailed("set_config args.version must be a whole number >= 0")
+        self.config.update({k: v for k, v in config.items() if k != "version"})
+        self.config_version = version
+        self._after_command.append(self.shadow_reported())
+        return {"config_version": self.config_version}
+
+    def _get_logs(self, command: Command) -> dict[str, Any]:
+        lines = command.args.get("lines", 50)
+        if not isinstance(lines, int) or lines < 1:
+            raise CommandFailed("get_logs args.lines must be a whole number >= 1")
+        return {"lines": list(self.logs)[-lines:]}
+
+    def _snapshot(self, command: Command) -> dict[str, Any]:
+        if self.role != "camera":
+            raise CommandFailed("snapshot is only for cameras")
+        return {"simulated": True, "width": 1920, "height": 1080, "taken_at": now_ts()}
+
+    def _update(self, command: Command) -> dict[str, Any]:
+        return {"simulated": True, "updated": False, "reason": "simulated devices have nothing to install"}

@@ -1,0 +1,87 @@
+"""Many simulated devices on one asyncio loop: build them, ramp them up, stop them cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+
+from hil.sim.config import SimConfig
+from hil.sim.device import SimDevice
+from hil.sim.link import DeviceLink
+from hil.sim.scenario import Role
+from hil.sim.stats import SimStats
+from protocol.topics import Topics
+
+ROLE_PREFIX: dict[Role, str] = {"kiosk": "kiosk", "camera": "cam"}
+
+
+def device_ids(cfg: SimConfig) -> list[tuple[str, Role]]:
+    """Ids and roles, kiosks and cameras alternating: kiosk-sim-0001, cam-sim-0001, kiosk-sim-0002..."""
+    width = max(4, len(str((cfg.devices + 1) // 2)))
+    out: list[tuple[str, Role]] = []
+    for i in range(cfg.devices):
+        role: Role = "kiosk" if i % 2 == 0 else "camera"
+        out.append((f"{ROLE_PREFIX[role]}-{cfg.id_prefix}-{i // 2 + 1:0{width}d}", role))
+    return out
+
+
+def build_devices(cfg: SimConfig) -> list[SimDevice]:
+    topics = Topics(cfg.prefix)
+    return [
+        SimDevice(
+            device_id,
+            role,
+            topics,
+            random.Random(f"{cfg.seed}:{device_id}"),
+            version=cfg.version,
+            time_scale=cfg.time_scale,
+        )
+        for device_id, role in device_ids(cfg)
+    ]
+
+
+class Simulator:
+    """Runs ``cfg.devices`` devices until ``request_stop()`` or ``cfg.duration_s``."""
+
+    def __init__(self, cfg: SimConfig) -> None:
+        self.cfg = cfg
+        self.devices = build_devices(cfg)
+        self.stats = SimStats(devices=cfg.devices)
+        self._stop = asyncio.Event()
+        self._load_go = asyncio.Event()
+
+    def request_stop(self) -> None:
+        """Ask every device to say goodbye and disconnect (call from the loop's thread)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def run(self) -> SimStats:
+        cfg = self.cfg
+        self.stats.started = time.monotonic()
+        gate = asyncio.Semaphore(cfg.max_connecting)
+        links = [DeviceLink(d, cfg, self.stats, gate, self._stop, self._load_go) for d in self.devices]
+        tasks = [asyncio.ensure_future(link.run(i / cfg.ramp_rate)) for i, link in enumerate(links)]
+        watcher = asyncio.ensure_future(self._watch_load(links))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), cfg.duration_s)
+        self._stop.set()
+        await asyncio.gather(*tasks)
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+        return self.stats
+
+    async def _watch_load(self, links: list[DeviceLink]) -> None:
+        """Start the load phase once all devices are connected; note when it is done."""
+        await self.stats.all_connected.wait()
+        if self.cfg.load_events == 0:
+            return
+        self.stats.load_started = time.monotonic()
+        self._load_go.set()
+        while any(link.load_left or link.outbox for link in links):
+            await asyncio.sleep(0.05)
+        self.stats.load_finished = time.monotonic()

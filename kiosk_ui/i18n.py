@@ -1,0 +1,251 @@
+"""Every string the kiosk shows, in Vietnamese (first) and English.
+
+``STRINGS[key] = (vi, en)``; ``translator(lang)`` returns ``t(key, **fmt)`` for templates. A key
+that is missing raises ``KeyError`` at render time, and a test checks that every key used by a
+template exists and that both languages are filled in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Literal
+
+Lang = Literal["vi", "en"]
+LANGS: tuple[Lang, ...] = ("vi", "en")
+DEFAULT_LANG: Lang = "vi"
+
+STRINGS: dict[str, tuple[str, str]] = {
+    # Frame
+    "app.title": ("Kiosk dịch vụ công", "Public service kiosk"),
+    "nav.home": ("Trang chủ", "Home"),
+    "nav.back": ("Quay lại", "Back"),
+    "lang.switch": ("English", "Tiếng Việt"),
+    "lang.switch.aria": ("Chuyển sang tiếng Anh", "Switch to Vietnamese"),
+    "text.large": ("Chữ to", "Large text"),
+    "error.generic": ("Đã có lỗi. Vui lòng thử lại.", "Something went wrong. Please try again."),
+    # Home
+    "home.welcome": ("Xin chào! Quý vị cần làm gì?", "Hello! What would you like to do?"),
+    "home.procedures": ("Thủ tục hành chính", "Administrative procedures"),
+    "home.procedures.sub": (
+        "Giấy tờ cần chuẩn bị, lệ phí, thời gian giải quyết",
+        "Documents to bring, fees, processing time",
+    ),
+    "home.lookup": ("Tra cứu hồ sơ", "Track your dossier"),
+    "home.lookup.sub": (
+        "Quét mã QR trên giấy biên nhận hoặc nhập mã hồ sơ",
+        "Scan the QR on your receipt or type the dossier code",
+    ),
+    "home.identity": ("Định danh bằng CCCD", "Identify with your ID card"),
+    "home.identity.sub": (
+        "Điền sẵn họ tên, ngày sinh, địa chỉ từ thẻ căn cước",
+        "Pre-fill your name, date of birth and address from your chip ID card",
+    ),
+    "home.rating": ("Đánh giá dịch vụ", "Rate our service"),
+    "home.rating.sub": (
+        "Ý kiến của quý vị giúp chúng tôi phục vụ tốt hơn",
+        "Your opinion helps us serve you better",
+    ),
+    "home.news": ("Thông báo", "Announcements"),
+    "home.news.sub": ("Chính sách mới, lịch tiếp công dân", "New policies, office hours"),
+    "home.privacy": (
+        "Máy không lưu thông tin cá nhân. Mọi dữ liệu được xoá khi quý vị rời máy.",
+        "This kiosk keeps no personal data. Everything is cleared when you leave.",
+    ),
+    # Procedures
+    "proc.title": ("Thủ tục hành chính", "Administrative procedures"),
+    "proc.search": ("Tìm thủ tục", "Search procedures"),
+    "proc.search.hint": (
+        "Gõ tên thủ tục, có dấu hoặc không dấu (ví dụ: dang ky ket hon)",
+        "Type a procedure name, in Vietnamese or English (e.g. marriage)",
+    ),
+    "proc.count": ("{n} thủ tục", "{n} procedures"),
+    "proc.none": (
+        "Không tìm thấy thủ tục phù hợp. Hãy thử từ khác.",
+        "No matching procedure. Please try another word.",
+    ),
+    "proc.field": ("Lĩnh vực", "Field"),
+    "proc.agency": ("Cơ quan giải quyết", "Handled by"),
+    "proc.time": ("Thời gian giải quyết", "Processing time"),
+    "proc.fee": ("Lệ phí", "Fee"),
+    "proc.documents": ("Giấy tờ cần chuẩn bị", "Documents to bring"),
+    "proc.online": ("Dịch vụ công trực tuyến", "Online service"),
+    "proc.source": (
+        "Thông tin để tham khảo; cán bộ tiếp nhận sẽ hướng dẫn chi tiết.",
+        "For reference only; the reception officer will guide you in detail.",
+    ),
+    "online.full": ("Toàn trình (làm hoàn toàn trên mạng)", "Fully online"),
+    "online.partial": ("Một phần (nộp trên mạng, nhận kết quả trực tiếp)", "Partly online"),
+    "online.none": ("Nộp trực tiếp tại bộ phận một cửa", "In person at the one-stop desk"),
+    # On-screen keyboard
+    "kbd.space": ("Dấu cách", "Space"),
+    "kbd.backspace": ("Xoá lùi", "Delete"),
+    "kbd.clear": ("Xoá hết", "Clear all"),
+    "kbd.telex.on": ("Gõ dấu: bật", "Accents: on"),
+    "kbd.telex.off": ("Gõ dấu: tắt", "Accents: off"),
+    "kbd.label": ("Bàn phím", "Keyboard"),
+    # Dossier lookup
+    "lookup.title": ("Tra cứu hồ sơ", "Track your dossier"),
+    "lookup.hint": (
+        "Đưa mã QR trên giấy biên nhận vào máy quét, hoặc nhập mã hồ sơ bằng bàn phím dưới đây.",
+        "Hold the QR code on your receipt under the scanner, or type the dossier code below.",
+    ),
+    "lookup.code": ("Mã hồ sơ", "Dossier code"),
+    "lookup.example": ("Ví dụ: 000.00.01.H26-260930-0012", "Example: 000.00.01.H26-260930-0012"),
+    "lookup.submit": ("Tra cứu", "Look up"),
+    "lookup.busy": ("Đang tra cứu, vui lòng chờ…", "Looking up, please wait…"),
+    "lookup.not_found": (
+        "Không tìm thấy hồ sơ có mã này. Vui lòng kiểm tra lại mã trên giấy biên nhận.",
+        "No dossier has this code. Please check the code on your receipt.",
+    ),
+    "lookup.unavailable": (
+        "Hệ thống tra cứu đang tạm gián đoạn. Vui lòng thử lại sau ít phút hoặc hỏi cán bộ tiếp nhận.",
+        "The lookup service is temporarily unavailable. Please try again in a few minutes "
+        "or ask at the reception desk.",
+    ),
+    "lookup.invalid": ("Mã hồ sơ chưa đúng", "The dossier code is not valid"),
+    "lookup.status": ("Trạng thái", "Status"),
+    "lookup.procedure": ("Thủ tục", "Procedure"),
+    "lookup.agency": ("Nơi tiếp nhận", "Received by"),
+    "lookup.received": ("Ngày tiếp nhận", "Received on"),
+    "lookup.due": ("Ngày hẹn trả kết quả", "Result expected on"),
+    "lookup.steps": ("Quá trình xử lý", "Progress"),
+    "lookup.note": ("Lưu ý", "Note"),
+    "lookup.print": ("In phiếu", "Print receipt"),
+    "lookup.again": ("Tra cứu mã khác", "Look up another code"),
+    "step.done": ("Đã xong", "Done"),
+    "step.current": ("Đang thực hiện", "In progress"),
+    "step.pending": ("Chưa thực hiện", "Not started"),
+    # Printing
+    "print.ok": (
+        "Đã in phiếu. Mời quý vị nhận phiếu ở khe máy in.",
+        "Printed. Please take your receipt from the printer slot.",
+    ),
+    "print.paper_out": (
+        "Máy in đã hết giấy. Vui lòng báo cán bộ tiếp nhận.",
+        "The printer is out of paper. Please tell a staff member.",
+    ),
+    "print.offline": (
+        "Máy in đang không hoạt động. Vui lòng báo cán bộ tiếp nhận.",
+        "The printer is not working. Please tell a staff member.",
+    ),
+    "print.none": ("Máy này không có máy in.", "This kiosk has no printer."),
+    "print.nothing": ("Chưa có kết quả tra cứu để in.", "There is no lookup result to print yet."),
+    # Identity
+    "id.title": ("Định danh bằng CCCD", "Identify with your chip ID card"),
+    "id.consent.heading": ("Trước khi quét thẻ", "Before you scan your card"),
+    "id.consent.text1": (
+        "Máy sẽ đọc mã QR trên thẻ căn cước (CCCD) để điền sẵn họ tên, ngày sinh và địa chỉ của quý vị.",
+        "The kiosk will read the QR code on your chip ID card (CCCD) to pre-fill your name, "
+        "date of birth and address.",
+    ),
+    "id.consent.text2": (
+        "Thông tin chỉ hiện trên màn hình này, không được lưu lại hay gửi đi, "
+        "và sẽ bị xoá khi quý vị bấm “Xoá” hoặc rời máy.",
+        "Your details are only shown on this screen; they are not stored or sent anywhere, "
+        "and are erased when you press “Clear” or leave the kiosk.",
+    ),
+    "id.consent.agree": ("Tôi đồng ý", "I agree"),
+    "id.consent.decline": ("Không, quay lại", "No, go back"),
+    "id.scan": (
+        "Mời đưa mặt sau thẻ CCCD (có mã QR) vào máy quét",
+        "Hold the back of your ID card (with the QR code) under the scanner",
+    ),
+    "id.filled": ("Thông tin đọc từ thẻ", "Details read from your card"),
+    "id.name": ("Họ và tên", "Full name"),
+    "id.dob": ("Ngày sinh", "Date of birth"),
+    "id.sex": ("Giới tính", "Sex"),
+    "id.address": ("Nơi thường trú", "Place of residence"),
+    "id.number": ("Số CCCD", "ID number"),
+    "id.privacy": (
+        "Số CCCD được che một phần. Thông tin sẽ bị xoá khi quý vị bấm “Xoá” hoặc rời máy.",
+        "Your ID number is partly hidden. Your details are erased when you press “Clear” or leave.",
+    ),
+    "id.clear": ("Xoá / Clear", "Clear / Xoá"),
+    "id.cleared": ("Đã xoá thông tin của quý vị.", "Your details have been erased."),
+    "id.need_consent": (
+        "Vui lòng đọc và bấm “Tôi đồng ý” trước khi quét thẻ.",
+        "Please read and press “I agree” before scanning your card.",
+    ),
+    "id.open_first": (
+        "Để dùng thẻ CCCD, vui lòng chọn “Định danh bằng CCCD” trước.",
+        "To use your ID card, please choose “Identify with your ID card” first.",
+    ),
+    "id.bad_card": ("Không đọc được thẻ", "The card could not be read"),
+    "sex.male": ("Nam", "Male"),
+    "sex.female": ("Nữ", "Female"),
+    "scan.unknown": (
+        "Mã vừa quét không phải mã biên nhận hồ sơ hay thẻ CCCD.",
+        "The scanned code is neither a dossier receipt nor an ID card.",
+    ),
+    "scan.garbage": ("Máy quét đọc không rõ. Vui lòng quét lại.", "The scan was unclear. Please scan again."),
+    # Rating
+    "rate.title": ("Đánh giá dịch vụ", "Rate our service"),
+    "rate.question": (
+        "Quý vị hài lòng với dịch vụ hôm nay như thế nào?",
+        "How satisfied are you with our service today?",
+    ),
+    "rate.1": ("Rất không hài lòng", "Very unsatisfied"),
+    "rate.2": ("Không hài lòng", "Unsatisfied"),
+    "rate.3": ("Bình thường", "Neutral"),
+    "rate.4": ("Hài lòng", "Satisfied"),
+    "rate.5": ("Rất hài lòng", "Very satisfied"),
+    "rate.reasons": (
+        "Điều gì khiến quý vị đánh giá như vậy? (không bắt buộc)",
+        "What made you choose this? (optional)",
+    ),
+    "reason.fast": ("Nhanh chóng", "Quick"),
+    "reason.friendly": ("Cán bộ thân thiện", "Friendly staff"),
+    "reason.clear": ("Hướng dẫn dễ hiểu", "Clear guidance"),
+    "reason.wait": ("Chờ lâu", "Long wait"),
+    "reason.complex": ("Thủ tục phức tạp", "Complicated procedure"),
+    "reason.kiosk": ("Máy khó dùng", "Kiosk hard to use"),
+    "rate.send": ("Gửi đánh giá", "Send rating"),
+    "rate.pick": ("Vui lòng chọn một mức hài lòng.", "Please choose how satisfied you are first."),
+    "rate.thanks": ("Cảm ơn quý vị đã đánh giá!", "Thank you for your feedback!"),
+    "rate.anon": ("Đánh giá không kèm thông tin cá nhân.", "Ratings are anonymous."),
+    # Announcements / idle
+    "news.title": ("Thông báo", "Announcements"),
+    "news.touch": ("Chạm vào màn hình để bắt đầu", "Touch the screen to start"),
+    "news.none": ("Hiện chưa có thông báo mới.", "There are no announcements right now."),
+    "idle.title": ("Quý vị còn sử dụng máy không?", "Are you still there?"),
+    "idle.text": (
+        "Để bảo vệ thông tin, màn hình sẽ tự xoá sau {n} giây.",
+        "To protect your data the screen will be cleared in {n} seconds.",
+    ),
+    "idle.continue": ("Tiếp tục / Continue", "Continue / Tiếp tục"),
+}
+
+RATING_REASONS: tuple[str, ...] = ("fast", "friendly", "clear", "wait", "complex", "kiosk")
+"""Reason chips offered on the rating screen (codes sent in the ``kiosk.rating`` event)."""
+
+
+def normalise_lang(value: object) -> Lang:
+    """``"en"`` for English, Vietnamese for anything else (the kiosk's first language)."""
+    return "en" if value == "en" else "vi"
+
+
+def other_lang(lang: Lang) -> Lang:
+    return "vi" if lang == "en" else "en"
+
+
+def text(lang: Lang, key: str, **fmt: object) -> str:
+    """The string ``key`` in ``lang``; ``KeyError`` names a missing key."""
+    vi, en = STRINGS[key]
+    value = en if lang == "en" else vi
+    return value.format(**fmt) if fmt else value
+
+
+def translator(lang: Lang) -> Callable[..., str]:
+    def t(key: str, **fmt: object) -> str:
+        return text(lang, key, **fmt)
+
+    return t
+
+
+def pick(lang: Lang, value: Mapping[str, str] | str | None) -> str:
+    """Choose the ``lang`` text of a ``{"vi", "en"}`` content field (falling back to Vietnamese)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    return value.get(lang) or value.get("vi") or value.get("en") or ""

@@ -1,0 +1,182 @@
+"""Helpers for the fleet tests: a small paho "device" and a polling wait."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
+
+from fleet.broker import MosquittoBroker, free_port
+from fleet.service import FleetService
+from protocol.timefmt import now_ts
+from protocol.topics import Topics
+
+
+@contextlib.contextmanager
+def serve_http(app: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, what="HTTP server")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+CommandHandler = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def pong(command: dict[str, Any]) -> dict[str, Any]:
+    if command["name"] == "ping":
+        return {"id": command["id"], "status": "ok", "result": {"pong": True, "args": command["args"]}}
+    return {"id": command["id"], "status": "error", "error": f"unknown command {command['name']!r}"}
+
+
+class FakeDevice:
+    """A device as the fleet sees it: status with a last will, telemetry, events, commands, RPC."""
+
+    def __init__(
+        self,
+        broker: MosquittoBroker,
+        device_id: str,
+        *,
+        role: str = "camera",
+        version: str = "1.2.3",
+        on_command: CommandHandler | None = pong,
+        topics: Topics | None = None,
+    ) -> None:
+        self.broker = broker
+        self.id = device_id
+        self.role = role
+        self.version = version
+        self.on_command = on_command
+        self.topics = topics or Topics()
+        self.seq = 0
+        self.commands: list[dict[str, Any]] = []
+        self.rpc_answers: dict[str, dict[str, Any]] = {}
+        self._rpc_event = threading.Condition()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+        self.client.will_set(self.topics.status(device_id), self._status(False), qos=1, retain=True)
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 2)
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+
+    def _status(self, online: bool) -> bytes:
+        body = {"online": online, "ts": now_ts(), "role": self.role, "version": self.version, "boot_id": "b1"}
+        return json.dumps(body).encode()
+
+    def connect(self, *, announce: bool = True) -> FakeDevice:
+        self.client.connect(self.broker.config.host, self.broker.config.port)
+        self.client.loop_start()
+        self.client.subscribe([(self.topics.commands_req(self.id), 1), (self.topics.rpc_res(self.id), 1)])
+        assert self._subscribed.wait(5), "device could not subscribe"
+        if announce:
+            self.status(True)
+        return self
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> None:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain)
+        info.wait_for_publish(5)
+
+    def status(self, online: bool) -> None:
+        self.publish(self.topics.status(self.id), self._status(online), retain=True)
+
+    def telemetry(self, **metrics: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "ts": now_ts(),
+            "seq": self.seq,
+            "uptime_s": 12.5,
+            "cpu_pct": 21.0,
+            "mem_pct": 43.0,
+            "disk_pct": 10.0,
+            "temp_c": 51.5,
+        }
+        body.update(metrics)
+        self.publish(self.topics.telemetry(self.id), json.dumps(body))
+        return body
+
+    def envelope(self, kind: str = "test.event", *, seq: int | None = None, **data: Any) -> dict[str, Any]:
+        if seq is None:
+            seq = self.seq
+            self.seq += 1
+        return {
+            "id": str(uuid.uuid4()),
+            "seq": seq,
+            "ts": now_ts(),
+            "device": self.id,
+            "kind": kind,
+            "data": data,
+        }
+
+    def send(self, envelope: dict[str, Any], *, wait: bool = True) -> dict[str, Any]:
+        topic = self.topics.event(self.id, envelope["kind"])
+        info = self.client.publish(topic, json.dumps(envelope), qos=1)
+        if wait:
+            info.wait_for_publish(5)
+        return envelope
+
+    def event(self, kind: str = "test.event", *, seq: int | None = None, **data: Any) -> dict[str, Any]:
+        return self.send(self.envelope(kind, seq=seq, **data))
+
+    def rpc(
+        self, service: str, method: str, params: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
+        request_id = uuid.uuid4().hex
+        body = {"id": request_id, "service": service, "method": method, "params": params or {}}
+        self.publish(self.topics.rpc_req(self.id), json.dumps(body))
+        with self._rpc_event:
+            assert self._rpc_event.wait_for(lambda: request_id in self.rpc_answers, timeout), "no rpc answer"
+            return self.rpc_answers[request_id]
+
+    def crash(self) -> None:
+        """Leave as a device that lost power would look to the broker: the last will goes out."""
+        self.client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, "Disconnect with will message"))
+        self.client.loop_stop()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _on_message(self, client: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        body = json.loads(msg.payload)
+        if msg.topic == self.topics.commands_req(self.id):
+            self.commands.append(body)
+            if self.on_command is not None:
+                answer = self.on_command(body)
+                client.publish(self.topics.commands_res(self.id), json.dumps(answer), qos=1)
+        elif msg.topic == self.topics.rpc_res(self.id):
+            with self._rpc_event:
+                self.rpc_answers[body["id"]] = body
+                self._rpc_event.notify_all()
+
+
+FleetFactory = Callable[..., FleetService]
+MakeDevice = Callable[..., FakeDevice]
