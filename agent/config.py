@@ -155,7 +155,11 @@ class OutboxSection(Section):
 
 class CommandsSection(Section):
     require_signature: bool = Field(
-        default=False, description="Reject commands and desired state unless a fleet signature verifies."
+        default=True,
+        description=(
+            "Reject commands and desired state unless a fleet signature verifies (secure default; "
+            "false only for development against an unsigned fleet)."
+        ),
     )
     result_retention: int = Field(
         default=1000, ge=10, description="Command answers kept for re-delivered ids."

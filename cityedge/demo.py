@@ -69,9 +69,19 @@ def _fleet(ctx: Ctx) -> list[str]:
             "--rpc", "dossier=fleet.gateway.service:demo_dossier_service"]  # fmt: skip
 
 
+DEMO_AGENT_CONFIG = """\
+# Demo only: the demo fleet sends unsigned commands. Enrolled devices require fleet signatures
+# (the default); see docs/security-commands-enrolment.md.
+[commands]
+require_signature = false
+"""
+
+
 def _agent(device_id: str, role: str) -> Callable[[Ctx], list[str]]:
     def argv(ctx: Ctx) -> list[str]:
-        return [*ctx.cli, "agent", "run", "--device-id", device_id, "--role", role,
+        config = ctx.part_dir(device_id) / "agent.toml"
+        config.write_text(DEMO_AGENT_CONFIG)
+        return [*ctx.cli, "agent", "run", "--config", str(config), "--device-id", device_id, "--role", role,
                 "--broker", ctx.broker_url, "--data-dir", str(ctx.part_dir(device_id))]  # fmt: skip
 
     return argv
@@ -88,6 +98,16 @@ def _kiosk_ui(ctx: Ctx) -> list[str]:
             "--http", kiosk_ui_http(ctx), "--simulate-peripherals"]  # fmt: skip
 
 
+def _camera_pipeline(ctx: Ctx) -> list[str]:
+    """The camera role process on a synthetic street scene, beside the camera agent."""
+    import agent.camera
+
+    config = Path(agent.camera.__file__).resolve().parent / "examples" / "demo.toml"
+    return [*ctx.cli, "camera", "run", "--config", str(config),
+            "--data-dir", str(ctx.part_dir("cam-demo-0001")),
+            "--evidence-url", f"http://{ctx.http}"]  # fmt: skip
+
+
 def _sim(ctx: Ctx) -> list[str]:
     return [*ctx.cli, "sim", "--broker", ctx.broker_url, "--devices", str(ctx.devices),
             "--id-prefix", "sim", "--time-scale", "6", "--telemetry-interval", "10"]  # fmt: skip
@@ -100,6 +120,7 @@ def demo_parts() -> list[Part]:
         Part("agent-kiosk", _agent("kiosk-demo-0001", "kiosk")),
         Part("kiosk-ui", _kiosk_ui),
         Part("agent-camera", _agent("cam-demo-0001", "camera")),
+        Part("camera-pipeline", _camera_pipeline),
         Part("sim", _sim, enabled=lambda ctx: ctx.devices > 0),
     ]
 

@@ -49,7 +49,10 @@ def serve_cmd(
     ),
     db: Annotated[str, typer.Option(help="SQLAlchemy database URL.")] = "sqlite:///var/fleet.db",
     http: Annotated[str, typer.Option(help="HOST:PORT for the REST API and dashboard.")] = "127.0.0.1:8080",
-    group: Annotated[str, typer.Option(help="Shared-subscription group of the workers.")] = "fleet",
+    share: Annotated[
+        bool, typer.Option("--share/--no-share", help="Split the stream with other workers ($share/...).")
+    ] = False,
+    group: Annotated[str, typer.Option(help="Shared-subscription group (with --share).")] = "fleet",
     worker_id: Annotated[
         str | None, typer.Option(help="Stable MQTT client id of this worker (default fleet-HOSTNAME).")
     ] = None,
@@ -80,6 +83,7 @@ def serve_cmd(
     from pydantic import ValidationError
 
     from fleet.config import FleetConfig, FleetConfigError
+    from fleet.evidence import evidence_router_for
     from fleet.ingest import IngestError
     from fleet.procwriter import WriterProcessError
     from fleet.serve import build_registry, build_signer, load_object, parse_http, serve
@@ -95,6 +99,7 @@ def serve_cmd(
             "db_url": db,
             "http_host": host,
             "http_port": port,
+            "share": share,
             "group": group,
             "topic_prefix": topic_prefix,
             "ca_file": ca,
@@ -111,7 +116,7 @@ def serve_cmd(
             config,
             signer=build_signer(signer, config.data_dir),
             rpc_registry=build_registry(rpc or []),
-            router_factories=[load_object(spec) for spec in router or []],
+            router_factories=[evidence_router_for, *(load_object(spec) for spec in router or [])],
         )
     except (FleetConfigError, IngestError, WriterProcessError) as exc:
         raise _fail(str(exc)) from exc
@@ -210,11 +215,12 @@ def register(app: typer.Typer) -> None:
     fleet.command("devices")(devices_cmd)
     fleet.command("command")(command_cmd)
     fleet.command("events")(events_cmd)
-    try:  # the command-signing key tools live beside the service (security part)
-        from fleet.keys_cli import register_keys
-    except ModuleNotFoundError as exc:
-        if exc.name != "fleet.keys_cli":
-            raise
-    else:
-        register_keys(fleet)
+    # Security tools beside the service: signing keys, PKI/broker/revocation/audit, claim tokens.
+    from fleet.enroll_cli import register_claims
+    from fleet.keys_cli import register_keys
+    from fleet.pki_cli import register_pki
+
+    register_keys(fleet)
+    register_pki(fleet)
+    register_claims(fleet)
     app.add_typer(fleet, name="fleet")

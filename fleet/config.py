@@ -38,10 +38,18 @@ class FleetConfig(BaseModel):
     )
     http_host: str = Field(default="127.0.0.1", description="Address the REST API and dashboard listen on.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the REST API and dashboard.")
+    share: bool = Field(
+        default=False,
+        description=(
+            "Subscribe through $share/GROUP/... so several workers split the device messages. Off: one "
+            "worker with an exclusive persistent subscription (mosquitto 2.0 keeps those across its own "
+            "restarts, but not shared ones)."
+        ),
+    )
     group: str = Field(
         default="fleet",
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
-        description="Shared-subscription group: workers in one group split the device messages.",
+        description="Shared-subscription group (with share): workers in one group split the device messages.",
     )
     worker_id: str = Field(
         default_factory=default_worker_id,

@@ -189,3 +189,8 @@ def verify_evidence(
             raise EvidenceHashError(f"image {sha[:12]}… has been altered: its bytes hash to {actual[:12]}…")
         report.images.append({"role": image.get("role"), "sha256": sha, "store": image.get("store")})
     return report
+
+
+def evidence_router_for(service: Any) -> APIRouter:
+    """Router factory for ``fleet serve``: the evidence store lives in the fleet data dir."""
+    return evidence_router(EvidenceStore(Path(service.config.data_dir) / "evidence"))

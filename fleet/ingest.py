@@ -79,7 +79,10 @@ class MqttLink:
         self.connected = False
 
     def filters(self) -> list[str]:
-        return [Topics.shared(self.config.group, f) for f in self.topics.fleet_filters()]
+        filters = self.topics.fleet_filters()
+        if not self.config.share:
+            return filters
+        return [Topics.shared(self.config.group, f) for f in filters]
 
     def start(self, timeout: float = 15.0) -> None:
         broker = self.config.broker()

@@ -27,7 +27,14 @@ log = logging.getLogger(__name__)
 
 
 class FleetService:
-    """A fleet worker. ``signer`` signs commands; ``rpc_registry`` holds the city services."""
+    """One fleet worker.
+
+    ``signer`` (``CommandSigner``: ``sign(dict) -> dict``) signs every command before it is
+    published (default ``UnsignedSigner``); ``rpc_registry`` holds the city services devices reach
+    through ``rpc/req`` (default: ``echo`` and ``time``); ``store`` replaces the ``Store`` built
+    from ``config.db_url`` (the API, commands and the writer thread use it; a writer process opens
+    its own). ``start()`` raises ``IngestError`` when the broker refuses; ``stop()`` drains.
+    """
 
     def __init__(
         self,

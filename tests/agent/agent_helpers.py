@@ -39,6 +39,7 @@ def fast_config(
         "mqtt": {"broker": broker_url, "backoff_min_s": 0.2, "backoff_max_s": 1.0, "keepalive_s": 5},
         "telemetry": {"interval_s": 0.5},
         "logging": {"level": "INFO"},
+        "commands": {"require_signature": False},  # development: the test plays an unsigned fleet
     }
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)

@@ -70,7 +70,8 @@ def test_signatures_required_without_keys_rejects_everything(tmp_path: Path) -> 
     answer = fixture.answer("c1")
     assert answer["status"] == "rejected" and answer["result"] == {}
     assert answer["error"].startswith("no fleet signing keys configured")
-    assert isinstance(choose_verifier(AgentConfig(), None), AcceptUnsigned)
+    dev = AgentConfig.model_validate({"commands": {"require_signature": False}})
+    assert isinstance(choose_verifier(dev, None), AcceptUnsigned)
 
 
 def test_handler_runs_once_per_id(fx: Fixture) -> None:

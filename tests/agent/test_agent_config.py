@@ -32,7 +32,7 @@ def test_defaults_need_only_a_device_id() -> None:
     config = load_config(None, {"device": {"id": "kiosk-hn-btl-0001"}})
     assert config.mqtt.topic_prefix == "city/v1"
     assert config.outbox.fsync == "full"
-    assert config.commands.require_signature is False
+    assert config.commands.require_signature is True
     assert config.system.backend == "simulated"
     with pytest.raises(ConfigError, match="no device id"):
         _ = load_config(None).device_id

@@ -86,8 +86,8 @@ def test_garbage_is_counted_acked_and_later_messages_still_stored(
 def test_two_workers_share_the_stream_without_duplicates(
     make_fleet: FleetFactory, make_device: MakeDevice
 ) -> None:
-    one = make_fleet(group="fleet")
-    two = make_fleet(group="fleet")
+    one = make_fleet(share=True, group="fleet")
+    two = make_fleet(share=True, group="fleet")
     devices = [make_device(f"cam-sh-{i:04d}").connect(announce=False) for i in range(4)]
     sent = 0
     for _ in range(60):

@@ -78,8 +78,16 @@ def fleet(broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[Proc, str]]
     port = free_port()
     proc = Proc(
         [
-            "fleet", "serve", "--broker", broker.url, "--db", f"sqlite:///{tmp_path / 'fleet.db'}",
-            "--http", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "fleet"),
+            "fleet",
+            "serve",
+            "--broker",
+            broker.url,
+            "--db",
+            f"sqlite:///{tmp_path / 'fleet.db'}",
+            "--http",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(tmp_path / "fleet"),
         ],
         tmp_path / "fleet.log",
     ).start()
@@ -100,8 +108,18 @@ def fleet(broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[Proc, str]]
 
 def start_agent(broker: MosquittoBroker, data_dir: Path, log: Path) -> Proc:
     return Proc(
-        ["agent", "run", "--device-id", DEVICE, "--role", "kiosk", "--broker", broker.url,
-         "--data-dir", str(data_dir)],
+        [
+            "agent",
+            "run",
+            "--device-id",
+            DEVICE,
+            "--role",
+            "kiosk",
+            "--broker",
+            broker.url,
+            "--data-dir",
+            str(data_dir),
+        ],
         log,
     ).start()
 
@@ -180,13 +198,20 @@ def test_events_sent_while_fleet_is_down_across_a_broker_restart_arrive(
     agent = start_agent(broker, data_dir, tmp_path / "agent.log")
     client = LocalApiClient(data_dir, timeout=15)
     accepted: list[str] = []
+
+    def connected() -> bool:
+        try:
+            return bool(client.status()["link"]["connected"])
+        except (LocalApiError, OSError):
+            return False
+
     try:
-        wait_until(lambda: client.status()["link"]["connected"], 30, "agent connected")
+        wait_until(connected, 30, "agent connected")
         emit_batch(client, 0, 20, accepted)
         wait_until(lambda: len(fleet_ids(api)) >= 20, 30, "first events at the fleet")
         fleet_proc.stop()
         broker.restart()
-        wait_until(lambda: client.status()["link"]["connected"], 30, "agent reconnected")
+        wait_until(connected, 30, "agent reconnected")
         emit_batch(client, 20, 80, accepted)
         wait_until(lambda: client.status()["outbox"]["depth"] == 0, 30, "outbox drained to the broker")
         fleet_proc.start()

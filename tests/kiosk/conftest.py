@@ -109,7 +109,8 @@ def agent_data(broker: MosquittoBroker, tmp_path: Path) -> Iterator[Path]:
     data_dir = tmp_path / "agent"
     data_dir.mkdir()
     config = tmp_path / "agent.toml"
-    config.write_text("[telemetry]\ninterval_s = 1.0\n")
+    # The test plays an unsigned fleet (desired state); content itself is still signed and verified.
+    config.write_text("[telemetry]\ninterval_s = 1.0\n[commands]\nrequire_signature = false\n")
     proc = subprocess.Popen(
         [
             sys.executable,
