@@ -65,9 +65,28 @@ def build_registry(rpc_specs: Sequence[str]) -> RpcRegistry:
 
 
 def build_signer(spec: str | None, data_dir: Path) -> CommandSigner | None:
-    """``module:factory`` called with the fleet data directory (e.g. fleet.signer:load_fleet_signer)."""
+    """``module:factory`` called with the fleet data directory (e.g. fleet.signer:load_fleet_signer).
+
+    Without ``--signer``, the fleet signs with its key ring when ``DATA_DIR/keys`` has one (made by
+    ``cityedge fleet keys init``), and otherwise sends unsigned commands, which only devices
+    configured for development accept; it says so in the log.
+    """
     if spec is None:
-        return None
+        from fleet.signer import KeyRingError, keys_dir, load_fleet_signer
+
+        if not keys_dir(data_dir).exists():
+            log.warning(
+                "no fleet signing keys in %s: commands go out unsigned and enrolled devices will reject "
+                "them (run `cityedge fleet keys init --root-out ROOT_KEY --data-dir %s`)",
+                keys_dir(data_dir),
+                data_dir,
+            )
+            return None
+        try:
+            return load_fleet_signer(data_dir)
+        except (KeyRingError, OSError) as exc:
+            where = keys_dir(data_dir)
+            raise FleetConfigError(f"fleet signing keys in {where} cannot be used: {exc}") from exc
     factory = load_object(spec)
     try:
         signer: CommandSigner = factory(data_dir)
