@@ -17,6 +17,7 @@ import contextlib
 import itertools
 import logging
 import multiprocessing
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,10 @@ class _ChildStats(IngestStats):
 
 def child_main(conn: Connection, config_data: dict[str, Any], floor: float, log_level: int) -> None:
     """Entry point of the writer process."""
+    # Ctrl-C in a terminal and a SIGTERM to the process group reach this process too; only the
+    # parent decides when it stops (it drains and commits first), so ignore them here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s[writer]: %(message)s")
     config = FleetConfig.model_validate(config_data)
     lock = threading.Lock()
