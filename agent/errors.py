@@ -40,7 +40,15 @@ class CommandRejected(AgentError):
 
 
 class LocalApiError(AgentError):
-    """A local API call failed: agent not running, bad request, timeout, or an error from the city."""
+    """A local API call failed: agent not running, bad request, timeout, or an error from the city.
+
+    ``code`` is machine-readable where known: for RPC the city's code (``not_found``,
+    ``unavailable``, ``bad_request``, ``unknown_service``, ...), ``timeout`` or ``offline``.
+    """
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class CommandFailed(AgentError):

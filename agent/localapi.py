@@ -191,16 +191,19 @@ class LocalApiServer:
         try:
             result = fn(request)
         except AgentError as exc:
-            return self._error(str(exc))
+            return self._error(str(exc), code=getattr(exc, "code", None))
         return {"ok": True, "result": result}
 
     def _rpc(self, req: RpcReq) -> dict[str, Any]:
         timeout = min(req.timeout, self._rpc_max)
         return self.backend.rpc(req.service, req.method, req.params, timeout)
 
-    def _error(self, message: str) -> dict[str, Any]:
+    def _error(self, message: str, *, code: str | None = None) -> dict[str, Any]:
         self.bad_requests += 1
-        return {"ok": False, "error": message}
+        answer: dict[str, Any] = {"ok": False, "error": message}
+        if code is not None:
+            answer["code"] = code
+        return answer
 
 
 class LocalApiClient:
@@ -258,5 +261,9 @@ class LocalApiClient:
             raise LocalApiError("the agent closed the connection without answering (is it stopping?)")
         answer = json.loads(reply)
         if not answer.get("ok"):
-            raise LocalApiError(str(answer.get("error") or "the agent refused the request"))
+            code = answer.get("code")
+            raise LocalApiError(
+                str(answer.get("error") or "the agent refused the request"),
+                code=code if isinstance(code, str) else None,
+            )
         return answer.get("result")

@@ -47,20 +47,22 @@ class RpcClient:
                 self.link.publish(self._req_topic, request.to_bytes(), qos=1)
             except LinkDown as exc:
                 raise LocalApiError(
-                    "the agent is not connected to the city right now; try again later"
+                    "the agent is not connected to the city right now; try again later", code="offline"
                 ) from exc
             if not pending.done.wait(timeout):
                 self.timeouts += 1
                 log.warning("rpc %s.%s (%s): no answer within %g s", service, method, request.id, timeout)
-                raise LocalApiError(f"city service did not answer within {timeout:g} s")
+                raise LocalApiError(f"city service did not answer within {timeout:g} s", code="timeout")
         finally:
             with self._lock:
                 self._pending.pop(request.id, None)
         response = pending.response
         assert response is not None
         if not response.ok:
+            code = (response.model_extra or {}).get("code")
             raise LocalApiError(
-                f"city service {service}.{method} failed: {response.error or 'no reason given'}"
+                f"city service {service}.{method} failed: {response.error or 'no reason given'}",
+                code=code if isinstance(code, str) else None,
             )
         return response.result or {}
 

@@ -146,14 +146,21 @@ def test_desired_state_applied_stale_ignored(agent: AgentProc, city: Probe) -> N
 def test_rpc_round_trip_and_timeout(agent: AgentProc, city: Probe) -> None:
     def answer_rpc(_c: object, _u: object, msg: object) -> None:
         request = json.loads(msg.payload)  # type: ignore[attr-defined]
-        reply = {"id": request["id"], "ok": True, "result": {"echo": request["params"]}}
+        if request["params"].get("q") == "missing":
+            reply = {"id": request["id"], "ok": False, "code": "not_found", "error": "no dossier"}
+        else:
+            reply = {"id": request["id"], "ok": True, "result": {"echo": request["params"]}}
         city.client.publish(f"{city.root}/rpc/res", json.dumps(reply), qos=1)
 
-    with pytest.raises(LocalApiError, match=r"city service did not answer within 0.3 s"):
+    with pytest.raises(LocalApiError, match=r"city service did not answer within 0.3 s") as slow:
         agent.client.rpc("dossier", "lookup", {"q": 1}, timeout=0.3)
+    assert slow.value.code == "timeout"
     city.client.message_callback_add(f"{city.root}/rpc/req", answer_rpc)
     try:
         assert agent.client.rpc("dossier", "lookup", {"q": 2}, timeout=10) == {"echo": {"q": 2}}
+        with pytest.raises(LocalApiError, match="no dossier") as missing:
+            agent.client.rpc("dossier", "lookup", {"q": "missing"}, timeout=10)
+        assert missing.value.code == "not_found"  # the city's code reaches the app through the socket
     finally:
         city.client.message_callback_remove(f"{city.root}/rpc/req")
 
