@@ -92,15 +92,8 @@ def fleet(broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[Proc, str]]
         tmp_path / "fleet.log",
     ).start()
     api = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{api}/healthz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until(healthy, 30, "fleet /healthz")
+        wait_until(lambda: _healthy(api), 30, "fleet /healthz")
         yield proc, api
     finally:
         proc.stop()
@@ -130,6 +123,14 @@ def emit_batch(client: LocalApiClient, start: int, count: int, accepted: list[st
         accepted.append(str(reply["id"]))
 
 
+def agent_status(client: LocalApiClient) -> dict[str, Any] | None:
+    """The agent's status, or None while its local API is not up (starting, or just killed)."""
+    try:
+        return client.status()
+    except (LocalApiError, OSError):
+        return None
+
+
 def fleet_ids(api: str) -> list[str]:
     rows = httpx.get(f"{api}/api/devices/{DEVICE}/events", params={"limit": 10_000}, timeout=10).json()
     return [row["id"] for row in rows]
@@ -145,11 +146,7 @@ def test_thousand_events_survive_broker_restarts_and_agent_kill9(
     client = LocalApiClient(data_dir, timeout=15)
 
     def agent_ready() -> bool:
-        try:
-            client.status()
-            return True
-        except (LocalApiError, OSError):
-            return False
+        return agent_status(client) is not None
 
     accepted: list[str] = []
     try:
@@ -200,10 +197,8 @@ def test_events_sent_while_fleet_is_down_across_a_broker_restart_arrive(
     accepted: list[str] = []
 
     def connected() -> bool:
-        try:
-            return bool(client.status()["link"]["connected"])
-        except (LocalApiError, OSError):
-            return False
+        status = agent_status(client)
+        return status is not None and bool(status["link"]["connected"])
 
     try:
         wait_until(connected, 30, "agent connected")
