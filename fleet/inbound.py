@@ -6,6 +6,9 @@ writer process) and commits the result; nothing here raises on bad input.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import logging
 import time
@@ -38,6 +41,7 @@ NOT_OBJECT = "not_object"
 INVALID = "invalid"
 BAD_TOPIC = "bad_topic"
 TOPIC_MISMATCH = "topic_mismatch"
+BAD_EVIDENCE = "bad_evidence"
 DB_REJECTED = "db_rejected"
 INTERNAL = "internal"
 REASONS = (
@@ -48,6 +52,7 @@ REASONS = (
     INVALID,
     BAD_TOPIC,
     TOPIC_MISMATCH,
+    BAD_EVIDENCE,
     DB_REJECTED,
     INTERNAL,
 )
@@ -176,8 +181,48 @@ def classify(
         item.error = TOPIC_MISMATCH
         item.detail = "envelope device/kind does not match the topic"
         return item
+    if parsed.family == "events" and parsed.kind in EVIDENCE_KINDS:
+        problem = evidence_problem(body)
+        if problem is not None:
+            item.error, item.detail = BAD_EVIDENCE, problem
+            return item
     item.body = body
     return item
+
+
+EVIDENCE_KINDS = frozenset({"traffic.violation"})
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def evidence_problem(envelope: dict[str, Any]) -> str | None:
+    """What is wrong with an evidence envelope on arrival, or None.
+
+    The contract requires a signature on evidence, and the envelope lists the sha256 of each image;
+    images sent inline must hash to it. (Uploaded images are checked by the evidence store, and the
+    signature against the device key by ``fleet.evidence.verify_evidence``.)
+    """
+    if not isinstance(envelope.get("sig"), dict):
+        return "evidence event is not signed (PROTOCOL.md: sig is required for traffic.violation)"
+    data = envelope.get("data")
+    images = data.get("images") if isinstance(data, dict) else None
+    if images is None:
+        return None
+    if not isinstance(images, list):
+        return "data.images must be a list"
+    for n, image in enumerate(images):
+        sha = image.get("sha256") if isinstance(image, dict) else None
+        if not isinstance(sha, str) or len(sha) != 64 or not set(sha) <= _SHA256_HEX:
+            return f"data.images[{n}] has no valid sha256"
+        inline = image.get("data")
+        if inline is None:
+            continue
+        try:
+            raw = base64.b64decode(str(inline), validate=True)
+        except (binascii.Error, ValueError):
+            return f"data.images[{n}]: inline data is not valid base64"
+        if hashlib.sha256(raw).hexdigest() != sha:
+            return f"data.images[{n}]: inline image does not match its sha256 (altered or corrupt)"
+    return None
 
 
 def decode(received: Received, topics: Topics, max_bytes: Callable[[str, str | None], int]) -> Inbound:

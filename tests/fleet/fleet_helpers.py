@@ -11,12 +11,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleet.broker import MosquittoBroker, free_port
 from fleet.service import FleetService
+from protocol.signing import sign
 from protocol.timefmt import now_ts
 from protocol.topics import Topics
 
@@ -145,6 +147,10 @@ class FakeDevice:
 
     def event(self, kind: str = "test.event", *, seq: int | None = None, **data: Any) -> dict[str, Any]:
         return self.send(self.envelope(kind, seq=seq, **data))
+
+    def signed_event(self, kind: str, key: Ed25519PrivateKey, *, seq: int | None = None, **data: Any) -> Any:
+        """An event signed with ``key`` as the contract requires for evidence."""
+        return self.send(sign(self.envelope(kind, seq=seq, **data), key, self.id))
 
     def rpc(
         self, service: str, method: str, params: dict[str, Any] | None = None, timeout: float = 10.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import APIRouter, Request
 from fastapi.testclient import TestClient
 from fleet_helpers import FakeDevice, MakeDevice, wait_for
@@ -32,7 +33,7 @@ def devices(fleet: FleetService, make_device: MakeDevice) -> list[FakeDevice]:
     camera.telemetry(cpu_pct=33.0, mem_pct=44.0, temp_c=55.5)
     for _ in range(3):
         camera.event("traffic.count", cars=1)
-    camera.event("traffic.violation", seq=5, plate_hash="abc")
+    camera.signed_event("traffic.violation", Ed25519PrivateKey.generate(), seq=5, plate_hash="abc")
     camera.crash()
     wait_for(lambda: fleet.store.device(camera.id) and not fleet.store.device(camera.id)["online"])  # type: ignore[index]
     wait_for(lambda: fleet.store.gaps(camera.id), what="gap")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 
 from hypothesis import given, settings
@@ -50,8 +52,11 @@ def test_reasons() -> None:
     assert run(T.shadow_desired("cam-x-0001"), b"{}")[0] == "bad_topic"  # devices do not publish it
 
 
+SIG = {"alg": "ed25519", "kid": "cam-x-0001", "value": "c2ln"}
+
+
 def test_size_limits_per_topic_family() -> None:
-    big = envelope(data={"blob": "x" * 4000})
+    big = envelope(data={"blob": "x" * 4000}, sig=SIG)
     assert run(T.event("cam-x-0001", "a.b"), big)[0] == "oversized"
     evidence = big.replace(b'"kind": "a.b"', b'"kind": "traffic.violation"')
     assert run(T.event("cam-x-0001", "traffic.violation"), evidence)[0] is None
@@ -85,3 +90,22 @@ def test_never_raises(topic: str, payload: bytes) -> None:
     item = classify(topic, payload, topics=T, received_at=utc_now(), max_bytes=CFG.max_bytes_for)
     assert item.ok or item.error in REASONS
     assert item.ok == (item.body is not None)
+
+
+def test_evidence_must_be_signed_and_inline_images_must_match_their_hash() -> None:
+    topic = T.event("cam-x-0001", "traffic.violation")
+    image = b"\xff\xd8 jpeg bytes"
+    good = {"sha256": hashlib.sha256(image).hexdigest(), "data": base64.b64encode(image).decode()}
+    uploaded = {"sha256": "ab" * 32, "store": "fleet"}
+    ok = envelope(kind="traffic.violation", data={"images": [good, uploaded]}, sig=SIG)
+    assert run(topic, ok) == (None, "")
+    error, detail = run(topic, envelope(kind="traffic.violation", data={"images": [good]}))
+    assert error == "bad_evidence" and "not signed" in detail
+    altered = {**good, "data": base64.b64encode(image + b"!").decode()}
+    error, detail = run(topic, envelope(kind="traffic.violation", data={"images": [altered]}, sig=SIG))
+    assert error == "bad_evidence" and "does not match its sha256" in detail
+    no_hash = envelope(kind="traffic.violation", data={"images": [{"sha256": "x"}]}, sig=SIG)
+    error, detail = run(topic, no_hash)
+    assert error == "bad_evidence" and "no valid sha256" in detail
+    # ordinary events need no signature
+    assert run(T.event("cam-x-0001", "traffic.count"), envelope(kind="traffic.count"))[0] is None
