@@ -150,6 +150,9 @@ def build_app() -> typer.Typer:
     app.command("run")(run)
     app.command("emit")(emit)
     app.command("status")(status)
+    from agent.ota.cli import register as register_ota
+
+    register_ota(app)
     return app
 
 

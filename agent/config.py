@@ -203,6 +203,94 @@ class SystemSection(Section):
     )
 
 
+class OtaSection(Section):
+    enabled: bool = Field(
+        default=False,
+        description="Follow the release named in the signed desired state (needs repository_url and "
+        "the launcher-managed slot root).",
+    )
+    repository_url: str | None = Field(
+        default=None,
+        description="Base URL of the fleet's TUF repository, e.g. https://fleet.city:8443/tuf/ "
+        "(metadata/ and targets/ below it).",
+    )
+    root: Path = Field(
+        default=Path("/opt/cityedge"),
+        description="Slot root managed by the launcher: slots/a, slots/b, current -> slots/X, boot.json.",
+    )
+    trusted_root: Path | None = Field(
+        default=None,
+        description="The TUF root.json installed at provisioning (default ROOT/trust/root.json).",
+    )
+    health_timeout_s: float = Field(
+        default=120.0, gt=0, le=3600, description="Time a new release has to prove itself healthy."
+    )
+    max_tries: int = Field(
+        default=3, ge=1, le=10, description="Starts of a new release before the launcher rolls back."
+    )
+    check_interval_s: float = Field(
+        default=3600.0, ge=1, description="Seconds between checks of the repository for new metadata."
+    )
+    download_retries: int = Field(
+        default=8, ge=0, le=100, description="Retries of a failed download (resumed with HTTP Range)."
+    )
+    download_timeout_s: float = Field(default=30.0, gt=0, description="Network timeout of one request.")
+    rate_limit_bps: int | None = Field(
+        default=None, ge=1024, description="Cap on download speed, bytes per second (metered links)."
+    )
+    daily_byte_budget: int | None = Field(
+        default=None,
+        ge=0,
+        description="Most bytes downloaded per local day (metered/cellular links); more waits a day.",
+    )
+    windows: list[str] = Field(
+        default_factory=list,
+        description="Local-time install windows, e.g. ['01:00-05:00']; empty = any time.",
+    )
+    timezone: str = Field(default="Asia/Ho_Chi_Minh", description="Time zone of the install windows.")
+    lock_max_s: float = Field(
+        default=1800.0, gt=0, description="Longest an app's update lock holds before it expires."
+    )
+    state_scripts: Path | None = Field(
+        default=None,
+        description="Directory of state scripts run when the updater enters a phase "
+        "(<phase>_enter*, as in Mender); they must be idempotent.",
+    )
+    free_space_margin_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=0, description="Free space kept beyond what an install needs."
+    )
+
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, value: list[str]) -> list[str]:
+        for window in value:
+            parse_window(window)
+        return value
+
+    @field_validator("repository_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError(f"{value!r} must be an http:// or https:// URL")
+        return value
+
+
+def parse_window(text: str) -> tuple[int, int]:
+    """``HH:MM-HH:MM`` local time -> (start, end) in minutes since midnight (end may be < start)."""
+    try:
+        start, end = text.split("-")
+        minutes = []
+        for part in (start, end):
+            hours, mins = part.strip().split(":")
+            value = int(hours) * 60 + int(mins)
+            if not (0 <= int(hours) <= 24 and 0 <= int(mins) < 60 and value <= 24 * 60):
+                raise ValueError
+            minutes.append(value)
+    except ValueError:
+        raise ValueError(f"install window {text!r} must look like 01:00-05:00") from None
+    return minutes[0], minutes[1]
+
+
 class AgentConfig(Section):
     data_dir: Path = Field(
         default=Path("/var/lib/cityedge/agent"), description="Outbox, state, socket and logs."
@@ -215,6 +303,7 @@ class AgentConfig(Section):
     local_api: LocalApiSection = Field(default_factory=LocalApiSection, description="Unix socket API.")
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Logging.")
     system: SystemSection = Field(default_factory=SystemSection, description="Reboot/restart backend.")
+    ota: OtaSection = Field(default_factory=OtaSection, description="Over-the-air updates.")
 
     @property
     def device_id(self) -> str:

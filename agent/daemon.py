@@ -29,6 +29,9 @@ from agent.errors import AgentError, CommandFailed, ConfigError
 from agent.link import Link
 from agent.localapi import LocalApiServer
 from agent.logs import set_level, setup_logging
+from agent.ota.errors import OtaError
+from agent.ota.updater import Updater, running_slot_from_env
+from agent.ota.wiring import add_local_ops, build_parts, launched_root, update_handler
 from agent.outbox import Outbox
 from agent.results import ResultStore
 from agent.rpc import RpcClient
@@ -124,6 +127,8 @@ class Agent:
                 max_request_bytes=config.local_api.max_request_bytes,
                 rpc_timeout_max_s=config.local_api.rpc_timeout_max_s,
             )
+        self.ota_error: str | None = None
+        self.updater = self._build_updater(config)
         topics = self.link.topics
         self._routes: dict[str, Callable[[bytes], None]] = {
             topics.commands_req(self.device_id): self.commands.submit,
@@ -150,12 +155,46 @@ class Agent:
             )
         return Outbox(self.data_dir / "outbox.db", self.device_id, config.outbox, signer)
 
+    def _build_updater(self, config: AgentConfig) -> Updater | None:
+        """The OTA updater when ``[ota] enabled``; a device whose updater cannot be built (no
+        root of trust, no repository URL) still runs and reports why in its status."""
+        if not config.ota.enabled:
+            return None
+        try:
+            parts = build_parts(config)
+        except (ConfigError, OtaError) as exc:
+            self.ota_error = str(exc)
+            log.error("updates are off: %s", exc)
+            return None
+        updater = Updater(
+            lambda: self.config.ota,
+            self.data_dir,
+            parts,
+            running_version=self.version,
+            running_slot=running_slot_from_env(),
+            emit=self._emit_event,
+            request_exit=self._exit_for_update,
+            connected=lambda: self.link.connected,
+        )
+        self.shadow.add_release_hook(updater.on_desired)
+        if self.localapi is not None:
+            add_local_ops(self.localapi, updater)
+        return updater
+
+    def _emit_event(self, kind: str, data: dict[str, Any]) -> None:
+        self.outbox.enqueue(kind, data)
+
+    def _exit_for_update(self, code: int) -> None:
+        self.exit_code = code
+        self.stop_event.set()
+
     def _register_builtins(self) -> None:
         register = self.commands.register_handler
         register("ping", handlers.ping(self.version, self.started))
         register("restart", handlers.restart(self.request_restart))
         register("reboot", handlers.reboot(self.system))
         register("set_config", handlers.set_config(self.apply_local_overrides))
+        register("update", update_handler(lambda: self.updater))
         register(
             "get_logs", handlers.get_logs(lambda: self.log_file, lambda: self.config.commands.max_log_lines)
         )
@@ -246,6 +285,7 @@ class Agent:
             "outbox_evicted": self.outbox.evicted,
             "bad_messages": self.guard.bad_messages,
             "link_connects": self.link.connects,
+            **(self.updater.telemetry() if self.updater is not None else {}),
         }
 
     def status(self) -> dict[str, Any]:
@@ -272,7 +312,14 @@ class Agent:
             "last_error": self.guard.last_error or self.link.last_error,
             "verifier": type(self.verifier).__name__,
             "simulated_reboots": len(getattr(self.system, "reboots", [])),
+            "ota": self._ota_summary(),
         }
+
+    def _ota_summary(self) -> dict[str, Any]:
+        if self.updater is None:
+            return {"enabled": False, "error": self.ota_error}
+        state = self.updater.state
+        return {"enabled": True, "slot": self.updater.running_slot, "phase": state.phase, "waiting": state.waiting}
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -288,6 +335,9 @@ class Agent:
         self.link.start()
         if self.localapi is not None:
             self.localapi.start()
+        if self.updater is not None:
+            self.updater.start()
+            self.updater.on_desired(self.shadow.release)
         log.info(
             "agent %s started: device %s (%s), broker %s, data dir %s",
             self.version,
@@ -305,10 +355,13 @@ class Agent:
             "commands": self.commands.is_alive(),
             "telemetry": self.telemetry.is_alive(),
             "local API": self.localapi is None or self.localapi.is_alive(),
+            "updater": self.updater is None or self.updater.is_alive(),
         }
         return [name for name, alive in parts.items() if not alive]
 
     def stop(self) -> None:
+        if self.updater is not None:
+            self.updater.stop()
         if self.localapi is not None:
             self.localapi.stop()
         self.telemetry.stop()
@@ -373,6 +426,8 @@ def run_agent(config_path: Path | None, flags: dict[str, Any]) -> int:
 
 def _restart_by_exec(config: AgentConfig) -> bool:
     mode = config.system.restart_mode
+    if launched_root() is not None:
+        return False  # the launcher restarts us (and may switch slots): exit
     if mode == "auto":
         under_systemd = bool(os.environ.get("NOTIFY_SOCKET") or os.environ.get("INVOCATION_ID"))
         return not under_systemd

@@ -44,29 +44,29 @@ class Backend(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-class _Req(BaseModel):
+class Req(BaseModel):
     model_config = ConfigDict(extra="forbid")
     op: str = Field(description="Operation name.")
 
 
-class EmitReq(_Req):
+class EmitReq(Req):
     kind: str = Field(description="Event kind, e.g. kiosk.session or traffic.violation.")
     data: dict[str, Any] = Field(description="Event data (a JSON object).")
     sign: bool = Field(default=False, description="Sign the envelope with the device key.")
 
 
-class RpcReq(_Req):
+class RpcReq(Req):
     service: str = Field(min_length=1, max_length=64, description="City service name.")
     method: str = Field(min_length=1, max_length=64, description="Method of that service.")
     params: dict[str, Any] = Field(default_factory=dict, description="Parameters (never logged).")
     timeout: float = Field(default=5.0, gt=0, description="Seconds to wait for the answer.")
 
 
-class MetricsReq(_Req):
+class MetricsReq(Req):
     metrics: dict[str, Any] = Field(description="Role metrics merged into telemetry.")
 
 
-class PeripheralsReq(_Req):
+class PeripheralsReq(Req):
     peripherals: dict[str, Any] = Field(description="Merged into shadow/reported.peripherals.")
 
 
@@ -96,14 +96,18 @@ class LocalApiServer:
         self._thread = threading.Thread(target=self._accept_loop, name="local-api", daemon=True)
         self.requests = 0
         self.bad_requests = 0
-        self._ops: dict[str, tuple[type[_Req], Callable[[Any], Any]]] = {
+        self._ops: dict[str, tuple[type[Req], Callable[[Any], Any]]] = {
             "emit": (EmitReq, lambda r: backend.emit(r.kind, r.data, r.sign)),
             "rpc": (RpcReq, self._rpc),
             "report_metrics": (MetricsReq, lambda r: backend.report_metrics(r.metrics)),
             "report_peripherals": (PeripheralsReq, lambda r: backend.report_peripherals(r.peripherals)),
-            "desired_config": (_Req, lambda _r: backend.desired_config()),
-            "status": (_Req, lambda _r: backend.status()),
+            "desired_config": (Req, lambda _r: backend.desired_config()),
+            "status": (Req, lambda _r: backend.status()),
         }
+
+    def add_op(self, name: str, model: type[Req], fn: Callable[[Any], Any]) -> None:
+        """Serve one more op (a part such as the updater adds its own: ``ota_status``, ...)."""
+        self._ops[name] = (model, fn)
 
     def start(self) -> None:
         self.path.unlink(missing_ok=True)  # stale socket of a previous run (the data dir is locked)
@@ -233,6 +237,10 @@ class LocalApiClient:
 
     def status(self) -> dict[str, Any]:
         return dict(self._call({"op": "status"}))
+
+    def call(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
+        """Any op by name, e.g. ``call("ota_lock", owner="kiosk-session", ttl_s=600)``."""
+        return self._call({"op": op, **fields}, timeout)
 
     def _call(self, request: dict[str, Any], timeout: float | None = None) -> Any:
         try:
