@@ -319,7 +319,8 @@ class Agent:
         if self.updater is None:
             return {"enabled": False, "error": self.ota_error}
         state = self.updater.state
-        return {"enabled": True, "slot": self.updater.running_slot, "phase": state.phase, "waiting": state.waiting}
+        slot = self.updater.running_slot
+        return {"enabled": True, "slot": slot, "phase": state.phase, "waiting": state.waiting}
 
     # -- lifecycle -----------------------------------------------------------------------------------
 

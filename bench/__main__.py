@@ -19,6 +19,9 @@ ALL = (
     "camera_motion",
     "camera_pipeline",
     "kiosk_ui",
+    "ota_verify",
+    "ota_install",
+    "ota_patch",
 )
 
 

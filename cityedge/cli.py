@@ -14,6 +14,7 @@ import typer
 _PARTS = (
     "agent.cli",
     "fleet.cli",
+    "fleet.releases.cli",
     "hil.cli",
     "cityedge.demo",
     "provisioning.cli",

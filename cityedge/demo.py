@@ -29,6 +29,8 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
+from cityedge import demo_ota
+
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 20
@@ -66,7 +68,13 @@ def _fleet(ctx: Ctx) -> list[str]:
     db = f"sqlite:///{(ctx.part_dir('fleet') / 'fleet.db').resolve()}"
     return [*ctx.cli, "fleet", "serve", "--broker", ctx.broker_url, "--db", db, "--http", ctx.http,
             "--data-dir", str(ctx.part_dir("fleet")), "--worker-id", "fleet-demo",
-            "--rpc", "dossier=fleet.gateway.service:demo_dossier_service"]  # fmt: skip
+            "--rpc", "dossier=fleet.gateway.service:demo_dossier_service",
+            "--releases", str(demo_ota.repo_dir(ctx.data_dir))]  # fmt: skip
+
+
+def _ota_agent(ctx: Ctx) -> list[str]:
+    """A device under the launcher that the demo updates from 0.1.0 to 0.1.1 (docs/ota.md)."""
+    return demo_ota.ota_agent_argv(ctx.cli, ctx.broker_url, ctx.http, ctx.data_dir)
 
 
 DEMO_AGENT_CONFIG = """\
@@ -121,6 +129,7 @@ def demo_parts() -> list[Part]:
         Part("kiosk-ui", _kiosk_ui),
         Part("agent-camera", _agent("cam-demo-0001", "camera")),
         Part("camera-pipeline", _camera_pipeline),
+        Part("agent-ota", _ota_agent),
         Part("sim", _sim, enabled=lambda ctx: ctx.devices > 0),
     ]
 
@@ -276,6 +285,7 @@ def _stop_signals(stop: threading.Event) -> Iterator[None]:
 
 def run_demo(devices: int, http: str, data_dir: Path, console: Console) -> int:
     from fleet.broker import BrokerError, MosquittoBroker, find_mosquitto
+    from fleet.releases.errors import ReleaseError
 
     try:
         find_mosquitto()
@@ -287,8 +297,10 @@ def run_demo(devices: int, http: str, data_dir: Path, console: Console) -> int:
         try:
             _check_http(http)
             data_dir.mkdir(parents=True, exist_ok=True)
+            with console.status("preparing the release repository (two releases) ..."):
+                demo_ota.prepare_releases(data_dir)
             broker = MosquittoBroker(data_dir / "broker").start()
-        except (DemoError, BrokerError) as exc:
+        except (DemoError, BrokerError, ReleaseError) as exc:
             console.print(f"[red]cityedge demo: {exc}[/red]", highlight=False)
             return 1
         console.print(
@@ -319,9 +331,13 @@ def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
         return 1
     url = f"http://{sup.ctx.http}/"
     kiosk = f"http://{kiosk_ui_http(sup.ctx)}/"
+    demo_ota.roll_out_later(sup.ctx.http, stop)
     console.print(
         Panel.fit(
-            f"[bold green]Dashboard: {url}[/bold green]\nKiosk screen: {kiosk}",
+            f"[bold green]Dashboard: {url}[/bold green]\nKiosk screen: {kiosk}\n"
+            f"Update: {demo_ota.DEVICE} moves from {demo_ota.FIRST} to {demo_ota.SECOND} once online "
+            f"(watch its version and OTA state; `cityedge agent ota status --data-dir "
+            f"{sup.ctx.data_dir / demo_ota.DEVICE / 'data'}`)",
             title="cityedge demo is running",
         )
     )

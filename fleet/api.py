@@ -6,7 +6,7 @@ evidence) add their routers there and reach the service as ``request.app.state.f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,15 +17,26 @@ from fleet.apimodels import (
     CommandCreated,
     CommandIn,
     CommandOut,
+    DesiredOut,
+    DesiredView,
     DeviceOut,
     EventOut,
     GapOut,
     HealthOut,
     IngestErrorOut,
     IngestOut,
+    ReleaseIn,
     StatsOut,
 )
 from fleet.commands import InvalidCommand, SigningFailed, UnknownDevice
+from fleet.desired import (
+    DesiredError,
+    DesiredNotPublished,
+    DesiredSigningFailed,
+    DeviceNotFound,
+    DowngradeRefused,
+    InvalidDesired,
+)
 from fleet.inbound import OVERSIZED
 from fleet.metrics import render_metrics
 from fleet.service import FleetService
@@ -108,11 +119,53 @@ def api_router() -> APIRouter:
             raise HTTPException(404, f"no command with id {command_id!r}")
         return row
 
+    @router.put("/devices/{device_id}/release", response_model=DesiredOut)
+    def set_release(request: Request, device_id: str, body: ReleaseIn) -> Any:
+        """Ask the device to run a release: returns the signed desired state, published retained."""
+        desired = fleet_of(request).desired
+        return _desired_call(
+            lambda: desired.set_release(
+                device_id,
+                body.version,
+                target=body.target,
+                allow_downgrade=body.allow_downgrade,
+                force=body.force,
+            )
+        )
+
+    @router.delete("/devices/{device_id}/release", response_model=DesiredOut)
+    def clear_release(request: Request, device_id: str) -> Any:
+        """Release null: the device stays on what it runs. Returns the signed desired state."""
+        desired = fleet_of(request).desired
+        return _desired_call(lambda: desired.clear_release(device_id))
+
+    @router.get("/devices/{device_id}/desired", response_model=DesiredView)
+    def get_desired(request: Request, device_id: str) -> Any:
+        """The signed desired state beside the running version and the latest OTA progress."""
+        desired = fleet_of(request).desired
+        return _desired_call(lambda: desired.view(device_id))
+
     @router.get("/stats", response_model=StatsOut)
     def stats(request: Request) -> Any:
         return build_stats(fleet_of(request))
 
     return router
+
+
+def _desired_call(call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a desired-state change or read, answering its errors with the right HTTP status."""
+    try:
+        return call()
+    except DeviceNotFound as exc:
+        raise HTTPException(404, str(exc)) from exc
+    except DowngradeRefused as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except InvalidDesired as exc:
+        raise HTTPException(422, str(exc)) from exc
+    except (DesiredSigningFailed, DesiredNotPublished) as exc:
+        raise HTTPException(503, str(exc)) from exc
+    except DesiredError as exc:
+        raise HTTPException(400, str(exc)) from exc
 
 
 def build_stats(service: FleetService) -> StatsOut:

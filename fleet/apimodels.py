@@ -126,3 +126,57 @@ class HealthOut(BaseModel):
     db: bool
     broker: bool
     writer: bool
+
+
+class ReleaseIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1, max_length=64, description="Release version to run, e.g. 1.4.2.")
+    target: str | None = Field(
+        default=None,
+        max_length=512,
+        description="TUF target name of the release manifest (default releases/VERSION/manifest.json).",
+    )
+    allow_downgrade: bool = Field(
+        default=False, description="Install even if the device runs a newer version."
+    )
+    force: bool = Field(default=False, description="Ignore the device's update lock and install windows.")
+
+
+class DesiredReleaseOut(BaseModel):
+    version: str = Field(description="Release version the device must run.")
+    target: str = Field(description="TUF target name of the release manifest.")
+    allow_downgrade: bool = False
+    force: bool = False
+
+
+class DesiredOut(BaseModel):
+    """The signed desired state exactly as published retained on shadow/desired."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: int = Field(description="Increases with every change; a device applies only a higher one.")
+    device: str | None = Field(default=None, description="Device the state is signed for.")
+    config: dict[str, Any] = Field(default_factory=dict, description="Desired configuration sections.")
+    release: DesiredReleaseOut | None = Field(default=None, description="Release to run; null: stay.")
+    issued_at: str | None = None
+    expires_at: str | None = Field(default=None, description="The fleet re-signs well before this.")
+    nonce: str | None = None
+    sig: dict[str, Any] | None = Field(default=None, description="Fleet signature (absent when unsigned).")
+    trust: dict[str, Any] | None = Field(default=None, description="Root-signed fleet key list.")
+
+
+class OtaStateOut(BaseModel):
+    kind: str = Field(description="Latest ota.* event kind, e.g. ota.committed.")
+    seq: int
+    ts: datetime = Field(description="Device time of that event.")
+    data: dict[str, Any] = Field(description="from, to, reason, code, bytes_done, bytes_total.")
+    label: str = Field(description="In words, e.g. 'committed 1.1.0' or 'rolled back: ...'.")
+
+
+class DesiredView(BaseModel):
+    device: str
+    desired: DesiredOut | None = Field(description="Signed desired state; null when none was set.")
+    running_version: str | None = Field(description="Version the device reports running (status).")
+    applied_version: int | None = Field(description="Desired version the device reports applied.")
+    ota: OtaStateOut | None = Field(description="Latest OTA progress event of the device.")

@@ -30,6 +30,7 @@ from fleet.db import (
     touch_devices,
 )
 from fleet.inbound import Inbound
+from fleet.otastate import record_ota
 from protocol.timefmt import parse_ts
 
 
@@ -214,6 +215,7 @@ def _store_events(
         return
     rows = [_event_row(item) for item in new]
     insert_events(conn, rows)
+    record_ota(conn, rows)  # the latest ota.* event per device, for the dashboard
     per_device: dict[str, list[int]] = defaultdict(list)
     for row in rows:
         per_device[row["device"]].append(row["seq"])

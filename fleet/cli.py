@@ -78,6 +78,12 @@ def serve_cmd(
         str, typer.Option(help="process: decode and commit in a writer process (faster); thread: in-process.")
     ] = "process",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    releases: Annotated[
+        Path | None,
+        typer.Option(
+            "--releases", help="Release repository to serve under /tuf/ (its timestamp is kept re-signed)."
+        ),
+    ] = None,
 ) -> None:
     """Run a fleet worker: ingest from the broker, store, serve the API and dashboard."""
     from pydantic import ValidationError
@@ -117,6 +123,7 @@ def serve_cmd(
             signer=build_signer(signer, config.data_dir),
             rpc_registry=build_registry(rpc or []),
             router_factories=[evidence_router_for, *(load_object(spec) for spec in router or [])],
+            releases_dir=releases,
         )
     except (FleetConfigError, IngestError, WriterProcessError) as exc:
         raise _fail(str(exc)) from exc
@@ -215,6 +222,9 @@ def register(app: typer.Typer) -> None:
     fleet.command("devices")(devices_cmd)
     fleet.command("command")(command_cmd)
     fleet.command("events")(events_cmd)
+    from fleet.desired_cli import register_desired
+
+    register_desired(fleet)  # set-release, clear-release, desired (OTA)
     # Security tools beside the service: signing keys, PKI/broker/revocation/audit, claim tokens.
     from fleet.enroll_cli import register_claims
     from fleet.keys_cli import register_keys

@@ -1,4 +1,4 @@
-"""A small client of the fleet REST API (used by ``cityedge fleet devices|command|events``)."""
+"""A small client of the fleet REST API (used by the ``cityedge fleet`` commands)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,31 @@ class FleetClient:
         if ttl_s is not None:
             body["ttl_s"] = ttl_s
         return str(self._request("POST", f"/api/devices/{device}/commands", json=body)["id"])
+
+    def set_release(
+        self,
+        device: str,
+        version: str,
+        *,
+        target: str | None = None,
+        allow_downgrade: bool = False,
+        force: bool = False,
+    ) -> dict[str, Any]:
+        """Ask ``device`` to run ``version``; returns the signed desired state."""
+        body: dict[str, Any] = {"version": version, "allow_downgrade": allow_downgrade, "force": force}
+        if target is not None:
+            body["target"] = target
+        result: dict[str, Any] = self._request("PUT", f"/api/devices/{device}/release", json=body)
+        return result
+
+    def clear_release(self, device: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._request("DELETE", f"/api/devices/{device}/release")
+        return result
+
+    def desired(self, device: str) -> dict[str, Any]:
+        """Desired state, running version, applied version and latest OTA state of ``device``."""
+        result: dict[str, Any] = self._request("GET", f"/api/devices/{device}/desired")
+        return result
 
     def command(self, command_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/api/commands/{command_id}")

@@ -1,4 +1,5 @@
-"""Server-rendered dashboard: device table, recent events, a device page with a ping button.
+"""Server-rendered dashboard: device table (with each device's OTA state), recent events, a device
+page with desired release beside running version and a ping button.
 
 Jinja2 templates and a few lines of hand-written JS (``static/fleet.js``) that re-fetch HTML
 fragments every 2 s; no build step, nothing from the internet.
@@ -15,6 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from fleet.commands import CommandError
+from fleet.otastate import ota_label, ota_states, ota_tone
 from fleet.service import FleetService
 from protocol.timefmt import utc_now
 
@@ -50,6 +52,8 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["ago"] = ago
     templates.env.filters["clock"] = clock
     templates.env.globals["metric"] = metric
+    templates.env.filters["ota_label"] = ota_label
+    templates.env.filters["ota_tone"] = ota_tone
     return templates
 
 
@@ -72,6 +76,7 @@ def dashboard_router() -> APIRouter:
         service = fleet(request)
         context = {
             "devices": service.store.devices(),
+            "ota": ota_states(service.store.reader),
             "events": service.store.events(None, limit=25),
             "counts": service.store.counts(),
             "rate": service.stats.rate(5.0),
@@ -80,7 +85,8 @@ def dashboard_router() -> APIRouter:
 
     @router.get("/ui/devices", response_class=HTMLResponse)
     def devices_fragment(request: Request) -> Response:
-        context = {"devices": fleet(request).store.devices()}
+        store = fleet(request).store
+        context = {"devices": store.devices(), "ota": ota_states(store.reader)}
         return templates.TemplateResponse(request, "_devices.html", context)
 
     @router.get("/ui/events", response_class=HTMLResponse)
@@ -107,6 +113,7 @@ def dashboard_router() -> APIRouter:
         service = fleet(request)
         return {
             "device": device_or_404(request, device_id),
+            "ota_state": ota_states(service.store.reader, [device_id]).get(device_id),
             "events": service.store.events(device_id, limit=50),
             "gaps": service.store.gaps(device_id),
             "command": service.store.command(cmd) if cmd else None,

@@ -98,6 +98,17 @@ events = Table(
     Index("ix_events_received_at", "received_at"),
 )
 
+device_ota = Table(
+    "device_ota",
+    metadata,
+    Column("device", ID, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("ts", UtcDateTime, nullable=False),
+    Column("data", JsonType, nullable=False),
+)
+"""The latest ``ota.*`` event of each device (highest seq), kept by the writer for the dashboard."""
+
 gaps = Table(
     "seq_gaps",
     metadata,

@@ -115,9 +115,9 @@ class MqttLink:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        """Publish QoS 1 (paho queues it while reconnecting)."""
-        info = self.client.publish(topic, payload, qos=1)
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        """Publish QoS 1, retained if asked (paho queues it while reconnecting)."""
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise IngestError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
 

@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
@@ -23,6 +23,9 @@ from fleet.commands import CommandSigner
 from fleet.config import FleetConfig, FleetConfigError
 from fleet.rpc import RpcRegistry, RpcService, default_registry
 from fleet.service import FleetService
+
+if TYPE_CHECKING:
+    from fleet.releases.serve import TimestampResigner
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,18 @@ def build_signer(spec: str | None, data_dir: Path) -> CommandSigner | None:
     return signer
 
 
+def build_releases(repo: Path) -> tuple[APIRouter, TimestampResigner]:
+    """The ``/tuf/`` router and the (not yet started) timestamp re-signer of a release repository."""
+    from fleet.releases.serve import TimestampResigner, releases_router
+
+    if not (repo / "metadata" / "root.json").is_file():
+        raise FleetConfigError(
+            f"--releases {repo} is not a release repository (no metadata/root.json): "
+            "create it with `cityedge release keys init`"
+        )
+    return releases_router(repo), TimestampResigner(repo)
+
+
 @contextlib.contextmanager
 def _quiet_signals() -> Iterator[None]:
     """uvicorn re-raises SIGINT/SIGTERM after its graceful exit; let that be a no-op so the
@@ -116,16 +131,25 @@ def serve(
     signer: CommandSigner | None = None,
     rpc_registry: RpcRegistry | None = None,
     router_factories: Sequence[Callable[[FleetService], APIRouter]] = (),
+    releases_dir: Path | None = None,
 ) -> None:
-    """Start the worker and serve HTTP until SIGINT/SIGTERM; then drain and stop."""
+    """Start the worker and serve HTTP until SIGINT/SIGTERM; then drain and stop.
+
+    With ``releases_dir`` the release repository is served under ``/tuf/`` and its timestamp is
+    re-signed in the background while the service runs."""
     import uvicorn
 
     from fleet.api import create_app
 
+    releases = build_releases(releases_dir) if releases_dir is not None else None
     service = FleetService(config, signer=signer, rpc_registry=rpc_registry)
     service.start()
     try:
-        app = create_app(service, extra_routers=[factory(service) for factory in router_factories])
+        routers = [factory(service) for factory in router_factories]
+        if releases is not None:
+            routers.append(releases[0])
+            releases[1].start()
+        app = create_app(service, extra_routers=routers)
         server = uvicorn.Server(
             uvicorn.Config(app, host=config.http_host, port=config.http_port, log_level="warning")
         )
@@ -133,5 +157,7 @@ def serve(
         with _quiet_signals():
             server.run()
     finally:
+        if releases is not None:
+            releases[1].stop()
         service.stop()
         log.info("fleet worker %s stopped", config.worker_id)

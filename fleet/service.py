@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from fleet.commands import CommandService, CommandSigner, UnsignedSigner
 from fleet.config import FleetConfig
+from fleet.desired import DesiredService
 from fleet.inbound import Received
 from fleet.ingest import MqttLink, sync_retained
 from fleet.procwriter import ProcessWriter
@@ -29,8 +30,10 @@ log = logging.getLogger(__name__)
 class FleetService:
     """One fleet worker.
 
-    ``signer`` (``CommandSigner``: ``sign(dict) -> dict``) signs every command before it is
-    published (default ``UnsignedSigner``); ``rpc_registry`` holds the city services devices reach
+    ``signer`` (``CommandSigner``: ``sign(dict) -> dict``) signs every command and desired state
+    before it is published (default ``UnsignedSigner``); ``desired`` (``DesiredService``) sets a
+    device's signed desired state (release, config), which the maintenance thread re-signs before
+    it expires; ``rpc_registry`` holds the city services devices reach
     through ``rpc/req`` (default: ``echo`` and ``time``); ``store`` replaces the ``Store`` built
     from ``config.db_url`` (the API, commands and the writer thread use it; a writer process opens
     its own). ``start()`` raises ``IngestError`` when the broker refuses; ``stop()`` drains.
@@ -84,13 +87,14 @@ class FleetService:
             max_ttl_s=config.command_max_ttl_s,
             on_issued=self.stats.on_command,
         )
+        self.desired = DesiredService(self.store, self.publish, self.signer, self.topics)
         self._paused = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.started = False
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.link.publish(topic, payload)
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.link.publish(topic, payload, retain)
 
     def _accept(self, received: Received) -> None:
         if not self._paused.is_set():  # while stopping, leave messages unacked for the next start
@@ -139,6 +143,10 @@ class FleetService:
                 self.commands.expire(self.config.command_grace_s)
             except Exception as exc:  # supervisor boundary: retried next second
                 log.warning("could not expire commands: %s", exc)
+            try:
+                self.desired.tick()
+            except Exception as exc:  # supervisor boundary: retried next second
+                log.warning("could not re-sign desired states: %s", exc)
             if time.monotonic() - last_log >= 10.0:
                 total = self.stats.committed
                 if total != last_total:

@@ -39,6 +39,14 @@ class AgentPort(Protocol):
 
     def desired_config(self) -> dict[str, Any]: ...
 
+    def call(self, op: str, timeout: float | None = None, **fields: Any) -> Any: ...
+
+
+UPDATE_LOCK_OWNER = "kiosk-session"
+UPDATE_LOCK_TTL_S = 180.0
+"""The lock is a lease: renewed while a resident uses the kiosk, so a crashed kiosk app never
+blocks updates for longer than this."""
+
 
 def local_api_client(data_dir: Path) -> AgentPort:
     """The agent's client for ``data_dir`` (imported here: the kiosk starts even without it)."""
@@ -128,6 +136,18 @@ class AgentLink:
             self._mark(False, exc)
         else:
             self._mark(True)
+
+    def hold_update_lock(self, hold: bool) -> None:
+        """Ask the agent to defer installing an update while a resident's session is open (``hold``)
+        or allow it again. Called from the housekeeping thread, in order; best effort (an agent
+        without updates answers "unknown op")."""
+        try:
+            if hold:
+                self.client.call("ota_lock", owner=UPDATE_LOCK_OWNER, ttl_s=UPDATE_LOCK_TTL_S)
+            else:
+                self.client.call("ota_unlock", owner=UPDATE_LOCK_OWNER)
+        except Exception as exc:  # boundary: an update lock is advisory; never fail the kiosk
+            log.debug("update lock not changed: %s", exc)
 
     def queue_event(self, kind: str, data: dict[str, Any]) -> None:
         """Hand an event to the agent's outbox soon (kept in memory until the agent takes it)."""

@@ -12,7 +12,7 @@ from types import FrameType
 from typing import Any
 
 from agent.kiosk.metrics import KioskMetrics, MetricsReporter
-from kiosk_ui.agentlink import AgentLink, AgentPort, local_api_client
+from kiosk_ui.agentlink import UPDATE_LOCK_TTL_S, AgentLink, AgentPort, local_api_client
 from kiosk_ui.app import AppState, create_app
 from kiosk_ui.bus import EventBus
 from kiosk_ui.config import KioskSettings
@@ -44,6 +44,8 @@ class Housekeeping:
         self.core = core
         self.reporter = reporter
         self.loop_beat = 0.0
+        self._lock_held = False
+        self._lock_renewed = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._notifier = _systemd_notifier()
@@ -82,12 +84,21 @@ class Housekeeping:
         )
         self.reporter.report_now()
 
+    def update_lock(self, now: float) -> None:
+        """Hold the agent's update lock while a resident's session is open (renewed as a lease)."""
+        active = self.core.store.any_active()
+        renew_due = active and now - self._lock_renewed > UPDATE_LOCK_TTL_S / 3
+        if active != self._lock_held or renew_due:
+            self.core.link.hold_update_lock(active)
+            self._lock_held, self._lock_renewed = active, now
+
     def _run(self) -> None:
         next_content = next_report = 0.0
         ready_sent = False
         while not self._stop.wait(1.0):
             now = time.monotonic()
             self.core.store.sweep(now)
+            self.update_lock(now)
             if now >= next_content:
                 next_content = now + self.settings.content_refresh_s
                 self.refresh_content()

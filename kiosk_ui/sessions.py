@@ -142,6 +142,11 @@ class SessionStore:
         with self._lock:
             return sid in self._sessions
 
+    def any_active(self) -> bool:
+        """A resident is using the kiosk (a session went beyond the home screen)."""
+        with self._lock:
+            return any(s.active for s in self._sessions.values())
+
     def current(self) -> Session | None:
         """The session most recently used (the one in front of the kiosk), if any."""
         with self._lock:

@@ -107,6 +107,16 @@ class EvidenceWorker:
             self._handle(job)
 
     def _handle(self, job: EvidenceJob) -> None:
+        """Build and deliver one violation's evidence, holding the agent's update lock meanwhile
+        (released when no more evidence is queued)."""
+        self.sink.hold_update_lock(True)
+        try:
+            self._deliver(job)
+        finally:
+            if self.queue.empty():
+                self.sink.hold_update_lock(False)
+
+    def _deliver(self, job: EvidenceJob) -> None:
         try:
             bundle = self.builder.build(job.frame, job.violation, job.others, job.detections)
         except (EvidenceError, ValueError, OSError) as exc:

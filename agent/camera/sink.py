@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 class EventSink(Protocol):
     def emit(self, kind: str, data: dict[str, Any], *, sign: bool = False) -> dict[str, Any]: ...
 
+    def hold_update_lock(self, hold: bool) -> None: ...
+
     def report_metrics(self, metrics: dict[str, Any]) -> None: ...
 
 
@@ -57,6 +59,7 @@ class MemorySink:
         self.envelopes: list[dict[str, Any]] = []
         self.metrics: list[dict[str, Any]] = []
         self.peripherals: list[dict[str, Any]] = []
+        self.update_lock = False
 
     def emit(self, kind: str, data: dict[str, Any], *, sign: bool = False) -> dict[str, Any]:
         from protocol.signing import sign as sign_message
@@ -77,6 +80,9 @@ class MemorySink:
         self.envelopes.append(envelope)
         return {"id": envelope["id"], "seq": envelope["seq"]}
 
+    def hold_update_lock(self, hold: bool) -> None:
+        self.update_lock = hold
+
     def report_metrics(self, metrics: dict[str, Any]) -> None:
         self.metrics.append(dict(metrics))
 
@@ -85,6 +91,10 @@ class MemorySink:
 
     def of_kind(self, kind: str) -> list[dict[str, Any]]:
         return [data for k, data, _ in self.events if k == kind]
+
+
+UPDATE_LOCK_OWNER = "camera-evidence"
+UPDATE_LOCK_TTL_S = 300.0
 
 
 class AgentSink:
@@ -102,6 +112,16 @@ class AgentSink:
             return dict(self.client.emit(kind, data, sign=sign))
         except Exception as exc:  # the client raises LocalApiError / OSError; report in our terms
             raise SinkError(f"agent did not accept a {kind} event: {exc}") from exc
+
+    def hold_update_lock(self, hold: bool) -> None:
+        """Defer an update install while evidence is being written (docs/ota.md); best effort."""
+        try:
+            if hold:
+                self.client.call("ota_lock", owner=UPDATE_LOCK_OWNER, ttl_s=UPDATE_LOCK_TTL_S)
+            else:
+                self.client.call("ota_unlock", owner=UPDATE_LOCK_OWNER)
+        except Exception as exc:  # an advisory lock: never stop evidence for it
+            log.debug("camera: update lock not changed (%s)", exc)
 
     def report_metrics(self, metrics: dict[str, Any]) -> None:
         try:

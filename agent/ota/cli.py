@@ -53,7 +53,9 @@ def _print(info: dict[str, Any], as_json: bool) -> None:
         lines.append(f"not retried: {blocked.get('version')} ({blocked.get('reason')})")
     last = state.get("last") or info.get("last_boot_outcome")
     if last:
-        lines.append(f"last: {last.get('outcome')} {last.get('from')} -> {last.get('to')} {last.get('reason') or ''}")
+        lines.append(
+            f"last: {last.get('outcome')} {last.get('from')} -> {last.get('to')} {last.get('reason') or ''}"
+        )
     if info.get("locks"):
         lines.append(f"locks: {', '.join(info['locks'])}")
     typer.echo("\n".join(lines))
@@ -71,7 +73,9 @@ def status(data_dir: DataDir, as_json: AsJson = False) -> None:
 
 def check(
     data_dir: DataDir,
-    force: Annotated[bool, typer.Option("--force", help="Ignore locks, windows and an earlier failure.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Ignore locks, windows and an earlier failure.")
+    ] = False,
     as_json: AsJson = False,
 ) -> None:
     """Fetch the repository's metadata now and start the desired update if one is due."""
@@ -84,8 +88,12 @@ def check(
 
 def init(
     root: Annotated[Path, typer.Option("--root", help="Slot root to prepare, e.g. /opt/cityedge.")],
-    repository: Annotated[str, typer.Option("--repository", help="The fleet's TUF URL, e.g. http://fleet:8080/tuf/.")],
-    trusted_root: Annotated[Path, typer.Option("--trusted-root", help="root.json of the city's release repository.")],
+    repository: Annotated[
+        str, typer.Option("--repository", help="The fleet's TUF URL, e.g. http://fleet:8080/tuf/.")
+    ],
+    trusted_root: Annotated[
+        Path, typer.Option("--trusted-root", help="root.json of the city's release repository.")
+    ],
     version: Annotated[str, typer.Option("--version", help="Release to install first.")],
     data_dir: DataDir = Path("/var/lib/cityedge/agent"),
 ) -> None:
@@ -120,7 +128,10 @@ def init(
         raise _fail(str(exc)) from None
     except OSError as exc:
         raise _fail(f"cannot prepare {root}: {exc.strerror or exc}") from None
-    typer.echo(f"installed {version} in {slot_dir}; start the device with: python3 {root}/launcher.py --root {root} -- --config ...")
+    typer.echo(
+        f"installed {version} in {slot_dir}; start the device with: "
+        f"python3 {root}/launcher.py --root {root} -- --config ..."
+    )
 
 
 def register(agent_app: typer.Typer) -> None:

@@ -82,7 +82,9 @@ class UpdateGate:
             return Gate(False, f"waiting: update lock held by {', '.join(holders)}")
         local = self._wall().astimezone(_zone(config.timezone))
         if not in_windows(local, config.windows):
-            return Gate(False, f"waiting for an install window ({', '.join(config.windows)} {config.timezone})")
+            return Gate(
+                False, f"waiting for an install window ({', '.join(config.windows)} {config.timezone})"
+            )
         budget = config.daily_byte_budget
         if budget is not None and bytes_today >= budget:
             return Gate(False, f"waiting: today's download budget of {budget} bytes is used up")

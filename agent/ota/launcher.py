@@ -215,7 +215,7 @@ class Launcher:
             self.child.terminate()
 
     def run(self) -> int:
-        delay = 1.0
+        delay = 0.5
         while not self.stopping:
             state = read_boot(self.root)
             slot, state, changed = choose(self.root, state)
@@ -226,17 +226,19 @@ class Launcher:
             argv, env = command_for(self.root, slot, self.extra)
             self.log(f"starting slot {slot} ({env['CITYEDGE_RELEASE']}){' on trial' if trial else ''}")
             started = time.monotonic()
-            self.child = subprocess.Popen(argv, env=env, cwd=self.root / "slots" / slot, preexec_fn=_die_with_parent)
+            self.child = subprocess.Popen(
+                argv, env=env, cwd=self.root / "slots" / slot, preexec_fn=_die_with_parent
+            )
             code = self._wait(trial, float(pending.get("deadline_s") or 0))
             if self.stopping:
                 break
             if trial:
                 self._note_exit(slot, code)
-            if code == RESTART_EXIT or code == ROLLBACK_EXIT:
-                delay = 1.0
+            if code in (RESTART_EXIT, ROLLBACK_EXIT):
+                delay = 0.5
                 continue
             ran = time.monotonic() - started
-            delay = 1.0 if ran > 60 else min(delay * 2, 30.0)
+            delay = 1.0 if ran > 5 else min(delay * 2, 30.0)  # back off only when it dies at once
             self.log(f"slot {slot} exited with {code}; starting again in {delay:.0f} s")
             time.sleep(0 if trial else delay)
         return 0
@@ -263,7 +265,9 @@ class Launcher:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the committed cityedge slot; try and roll back updates.")
+    parser = argparse.ArgumentParser(
+        description="Run the committed cityedge slot; try and roll back updates."
+    )
     parser.add_argument("--root", type=Path, required=True, help="Slot root, e.g. /opt/cityedge.")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="Arguments after -- go to the slot's program.")
     ns = parser.parse_args(argv)

@@ -202,7 +202,9 @@ def step(state: OtaState, event: Event) -> tuple[OtaState, list[Effect]]:
         first = state.bytes_total == 0 and event.bytes_total > 0
         nxt = dataclasses.replace(state, bytes_done=event.bytes_done, bytes_total=event.bytes_total)
         if first:  # the manifest is known: announce the download once, with its size
-            return nxt, [Emit("ota.downloading", _data(nxt, bytes_done=nxt.bytes_done, bytes_total=nxt.bytes_total))]
+            return nxt, [
+                Emit("ota.downloading", _data(nxt, bytes_done=nxt.bytes_done, bytes_total=nxt.bytes_total))
+            ]
         return nxt, []
     if isinstance(event, PhaseDone):
         return _phase_done(state, event)
@@ -252,8 +254,11 @@ def _evaluate(state: OtaState, ev: Evaluate) -> tuple[OtaState, list[Effect]]:
             blocked={"version": desired.version, "code": "policy", "reason": reason},
             last={"outcome": "failed", "from": ev.running, "to": desired.version, "reason": reason},
         )
-        return failed, [Emit("ota.failed", {"from": ev.running, "to": desired.version, "reason": reason,
-                                            "code": "policy"})]
+        return failed, [
+            Emit(
+                "ota.failed", {"from": ev.running, "to": desired.version, "reason": reason, "code": "policy"}
+            )
+        ]
     if not ev.gate.open and not forced:
         if state.waiting == ev.gate.reason:
             return state, []

@@ -47,4 +47,6 @@ class StateScripts:
                 raise ScriptFailed(f"state script {script.name} could not run: {exc}") from exc
             if done.returncode != 0:
                 said = (done.stderr.strip() or done.stdout.strip())[-200:]
-                raise ScriptFailed(f"state script {script.name} refused the update (exit {done.returncode}): {said}")
+                raise ScriptFailed(
+                    f"state script {script.name} refused the update (exit {done.returncode}): {said}"
+                )

@@ -41,7 +41,6 @@ from agent.ota.machine import (
     PhaseDone,
     Progress,
     Rollback,
-    Run,
     Target,
     Unhealthy,
     step,
@@ -134,7 +133,10 @@ class Updater:
     def start(self) -> None:
         pending = boot.read_boot(self.root)
         self._events.put(
-            (Booted(self.running_slot, self.running_version, pending.get("pending"), pending.get("last")), False)
+            (
+                Booted(self.running_slot, self.running_version, pending.get("pending"), pending.get("last")),
+                False,
+            )
         )
         self._thread.start()
 
@@ -323,7 +325,9 @@ class Updater:
         manifest, _ = self._load_manifest()
         missing = self.parts.installer.missing_objects(manifest)
         if missing:
-            raise IntegrityError(f"{len(missing)} file(s) of {manifest.version} are not on the device after download")
+            raise IntegrityError(
+                f"{len(missing)} file(s) of {manifest.version} are not on the device after download"
+            )
 
     def _install(self) -> Path:
         manifest, raw = self._load_manifest()
@@ -418,7 +422,9 @@ class Updater:
 
 def _os_error(exc: OSError) -> OtaError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(f"the disk filled up during the update ({exc.strerror}); the current version keeps running")
+        return DiskFull(
+            f"the disk filled up during the update ({exc.strerror}); the current version keeps running"
+        )
     return InstallError(f"{exc.strerror or exc} ({getattr(exc, 'filename', '') or ''})")
 
 

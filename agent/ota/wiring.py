@@ -38,7 +38,8 @@ def build_parts(config: AgentConfig) -> Parts:
         trusted_root = trusted.read_bytes()
     except OSError as exc:
         raise ConfigError(
-            f"the TUF root of trust {trusted} cannot be read ({exc.strerror or exc}): install it at provisioning"
+            f"the TUF root of trust {trusted} cannot be read ({exc.strerror or exc}): "
+            "install it at provisioning"
         ) from exc
     stop = threading.Event()
     tuf_dir = config.data_dir / "tuf"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import functools
 import json
 import re
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from jsonschema import Draft7Validator, Draft202012Validator
 from pydantic import BaseModel
 
@@ -258,3 +261,108 @@ def test_event_examples_match_their_topic_kind(doc: dict[str, Any]) -> None:
         topic = Topics().event(payload["device"], payload["kind"])
         parsed = Topics().parse(topic)
         assert (parsed.device, parsed.kind) == (payload["device"], payload["kind"])
+
+
+# PROTOCOL.md "Updates (OTA)": the progress events a device sends.
+OTA_KINDS = [
+    "ota.downloading",
+    "ota.verifying",
+    "ota.installing",
+    "ota.restarting",
+    "ota.healthy",
+    "ota.committed",
+    "ota.rolled_back",
+    "ota.failed",
+]
+
+
+def _ota_validator(doc: dict[str, Any]) -> Draft202012Validator:
+    return Draft202012Validator(resolve(doc, {"$ref": "#/components/schemas/OtaEvent"}))
+
+
+def _ota_examples(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        ex["payload"]
+        for ex in _messages(doc)["EventEnvelope"]["examples"]
+        if ex["payload"]["kind"].startswith("ota.")
+    ]
+
+
+def test_ota_event_kinds_are_the_protocol_list(doc: dict[str, Any]) -> None:
+    schemas = doc["components"]["schemas"]
+    assert schemas["OtaKind"]["enum"] == OTA_KINDS
+    kinds = doc["components"]["parameters"]["kind"]["examples"]
+    assert set(OTA_KINDS) <= set(kinds)
+    for kind in OTA_KINDS:
+        assert f"`{kind}`" in doc["info"]["description"], kind
+        assert f"`{kind}`" in schemas["OtaKind"]["description"], kind
+    data = schemas["OtaEventData"]
+    assert set(data["required"]) == {"from", "to"}
+    assert {"from", "to", "reason", "code", "bytes_done", "bytes_total"} <= set(data["properties"])
+
+
+def test_ota_examples_pass_the_ota_schema_and_a_broken_one_does_not(doc: dict[str, Any]) -> None:
+    validator = _ota_validator(doc)
+    examples = _ota_examples(doc)
+    assert {"ota.downloading", "ota.committed", "ota.rolled_back", "ota.failed"} <= {
+        e["kind"] for e in examples
+    }
+    for example in examples:
+        assert not [e.message for e in validator.iter_errors(example)], example["kind"]
+        decode(models.EventEnvelope, json.dumps(example).encode())
+    rolled_back = next(e for e in examples if e["kind"] == "ota.rolled_back")
+    for field in ("reason", "from", "to"):  # reason is required where one applies
+        broken = copy.deepcopy(rolled_back)
+        del broken["data"][field]
+        assert not validator.is_valid(broken), f"ota.rolled_back without {field}"
+    committed = next(e for e in examples if e["kind"] == "ota.committed")
+    assert "reason" not in committed["data"] and validator.is_valid(committed)
+    assert not validator.is_valid({**committed, "kind": "ota.unheard_of"})
+    assert not validator.is_valid({**committed, "data": {**committed["data"], "to": "latest"}})
+
+
+def test_desired_release_schema_matches_the_release_model(doc: dict[str, Any]) -> None:
+    from protocol.release import VERSION_RE, DesiredRelease, parse_desired_release
+
+    schemas = doc["components"]["schemas"]
+    release = schemas["DesiredRelease"]
+    assert set(release["required"]) == _required(DesiredRelease)
+    assert set(release["properties"]) == set(DesiredRelease.model_fields)
+    assert schemas["ReleaseVersion"]["pattern"] == VERSION_RE.pattern
+    validator = Draft202012Validator(resolve(doc, _messages(doc)["ShadowDesired"]["payload"]))
+    releases = [ex["payload"]["release"] for ex in _messages(doc)["ShadowDesired"]["examples"]]
+    assert None in releases and any(r is not None for r in releases)
+    for value in releases:
+        parsed = parse_desired_release(value)
+        assert (parsed is None) == (value is None)
+    example = next(
+        ex["payload"] for ex in _messages(doc)["ShadowDesired"]["examples"] if ex["payload"]["release"]
+    )
+    broken = copy.deepcopy(example)
+    del broken["release"]["target"]
+    assert not validator.is_valid(broken)
+    with pytest.raises(PayloadError):
+        parse_desired_release(broken["release"])
+
+
+@functools.lru_cache(maxsize=1)
+def _version_validator() -> Draft202012Validator:
+    document = yaml.safe_load(DOC_PATH.read_text(encoding="utf-8"))
+    return Draft202012Validator(resolve(document, {"$ref": "#/components/schemas/ReleaseVersion"}))
+
+
+@given(
+    st.one_of(
+        st.text(max_size=30),
+        st.from_regex(r"[0-9]{1,3}(\.[0-9]{1,3}){0,4}([-+.][a-z0-9]{1,4})?", fullmatch=True),
+    )
+)
+def test_release_version_pattern_agrees_with_the_parser(text: str) -> None:
+    from protocol.release import check_version
+
+    try:
+        check_version(text)
+        parser_ok = True
+    except ValueError:
+        parser_ok = False
+    assert _version_validator().is_valid(text) == parser_ok, text

@@ -98,6 +98,7 @@ class SlowAgent:
         self.hang_s = 3.0
         self.emitted: list[tuple[str, dict[str, Any]]] = []
         self.fail_emits = 1
+        self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def emit(self, kind: str, data: dict[str, Any], *, sign: bool = False) -> dict[str, Any]:
         if self.fail_emits:
@@ -117,6 +118,10 @@ class SlowAgent:
         return None
 
     def desired_config(self) -> dict[str, Any]:
+        return {}
+
+    def call(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
+        self.calls.append((op, fields))
         return {}
 
 
@@ -153,3 +158,21 @@ def test_error_classification() -> None:
     )
     assert classify_error(RuntimeError("city service did not answer within 4 s")) == "unavailable"
     assert classify_error(RuntimeError("the cityedge agent is not running")) == "unavailable"
+
+
+def test_an_open_session_holds_the_agents_update_lock_until_it_ends() -> None:
+    """A kiosk with a resident's session open defers updates (docs/ota.md); the lock is a lease."""
+    agent = SlowAgent()
+    link = AgentLink(agent)
+    store = SessionStore(ttl_s=60)
+    session = store.create()
+    session.visit("home")
+    assert not store.any_active()
+    session.visit("lookup")
+    assert store.any_active()
+    link.hold_update_lock(store.any_active())
+    store.end(session.sid, "done")
+    link.hold_update_lock(store.any_active())
+    assert [op for op, _ in agent.calls] == ["ota_lock", "ota_unlock"]
+    assert agent.calls[0][1] == {"owner": "kiosk-session", "ttl_s": 180.0}
+    link.stop()

@@ -35,7 +35,10 @@ def root(tmp_path: Path) -> Path:
 
 
 def pending(**extra: Any) -> dict[str, Any]:
-    return {"pending": {"slot": "b", "from": "1.0.0", "to": "1.1.0", "tries": 0, "max_tries": 3, **extra}, "last": None}
+    return {
+        "pending": {"slot": "b", "from": "1.0.0", "to": "1.1.0", "tries": 0, "max_tries": 3, **extra},
+        "last": None,
+    }
 
 
 def test_without_a_pending_update_nothing_ever_changes(root: Path) -> None:
@@ -97,7 +100,12 @@ def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
 def test_real_launcher_rolls_back_a_release_that_crashes_at_start(tmp_path: Path) -> None:
     root = tmp_path / "root"
     marker = tmp_path / "ran"
-    good = ["{python}", "-c", f"open({str(marker)!r}, 'a').write('a ' + __import__('os').environ['CITYEDGE_RELEASE'] + '\\n'); import time; time.sleep(60)"]
+    good = [
+        "{python}",
+        "-c",
+        f"import os, time; open({str(marker)!r}, 'a').write(os.environ['CITYEDGE_RELEASE'] + '\\n'); "
+        "time.sleep(60)",
+    ]
     make_slot(root, "a", "1.0.0", good)
     make_slot(root, "b", "1.1.0", ["{python}", "-c", "raise SystemExit(3)"])
     boot.switch_current(root, "a")
@@ -123,10 +131,16 @@ def test_real_launcher_rolls_back_a_release_that_crashes_at_start(tmp_path: Path
 def test_killed_launcher_takes_its_child_with_it(tmp_path: Path) -> None:
     root = tmp_path / "root"
     pidfile = tmp_path / "child.pid"
-    entry = ["{python}", "-c", f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)"]
+    entry = [
+        "{python}",
+        "-c",
+        f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(120)",
+    ]
     make_slot(root, "a", "1.0.0", entry)
     boot.switch_current(root, "a")
-    proc = subprocess.Popen([sys.executable, str(Path(boot.__file__)), "--root", str(root)], stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(boot.__file__)), "--root", str(root)], stderr=subprocess.DEVNULL
+    )
     wait_for(lambda: pidfile.exists() and pidfile.read_text().isdigit())
     child = int(pidfile.read_text())
     proc.kill()

@@ -113,7 +113,9 @@ def test_permanent_failure_blocks_that_version_only() -> None:
 
 def test_boot_into_a_pending_slot_runs_the_health_gate() -> None:
     pending = {"slot": "b", "from": "1.0.0", "to": "1.1.0", "target": V2.target}
-    state, effects = step(OtaState(phase="restarting", target=V2, slot="b"), Booted("b", "1.1.0", pending, None))
+    state, effects = step(
+        OtaState(phase="restarting", target=V2, slot="b"), Booted("b", "1.1.0", pending, None)
+    )
     assert state.phase == "trial" and effects == [Run("trial")]
     assert step(state, Healthy())[1] == [Commit()]
     assert step(state, Unhealthy("no broker"))[1] == [Rollback("no broker")]
@@ -126,7 +128,13 @@ def test_outcomes_are_reported_by_the_next_boot() -> None:
     last = {"outcome": "committed", "from": "1.0.0", "to": "1.1.0", "reported": False}
     state, effects = step(OtaState(phase="trial"), Booted("b", "1.1.0", None, last))
     assert kinds(effects) == ["ota.healthy", "ota.committed", "MarkReported"] and state.phase == "idle"
-    rolled = {"outcome": "rolled_back", "from": "1.0.0", "to": "1.1.0", "reason": "crashed", "reported": False}
+    rolled = {
+        "outcome": "rolled_back",
+        "from": "1.0.0",
+        "to": "1.1.0",
+        "reason": "crashed",
+        "reported": False,
+    }
     state, effects = step(OtaState(phase="restarting"), Booted("a", "1.0.0", None, rolled))
     assert kinds(effects) == ["ota.rolled_back", "MarkReported"]
     assert isinstance(effects[0], Emit) and effects[0].data["reason"] == "crashed"
@@ -153,17 +161,29 @@ def test_a_new_desired_release_supersedes_work_in_progress() -> None:
 
 
 def test_state_round_trips_through_json_form() -> None:
-    state = OtaState(phase="installing", target=V2, from_version="1.0.0", bytes_total=9, blocked={"version": "x"})
+    state = OtaState(
+        phase="installing", target=V2, from_version="1.0.0", bytes_total=9, blocked={"version": "x"}
+    )
     assert OtaState.from_dict(state.to_dict()) == state
     assert OtaState.from_dict({}) == OtaState()
 
 
 targets = st.sampled_from([None, V2, Target("1.2.0", "t2"), Target("0.1.0", "t0"), Target("1.0.0", "t1")])
 events: st.SearchStrategy[Event] = st.one_of(
-    st.builds(Evaluate, targets, st.just("1.0.0"), st.floats(0, 1e6), st.builds(Gate, st.booleans()), st.booleans()),
+    st.builds(
+        Evaluate, targets, st.just("1.0.0"), st.floats(0, 1e6), st.builds(Gate, st.booleans()), st.booleans()
+    ),
     st.builds(Progress, st.integers(0, 10**6), st.integers(0, 10**6)),
-    st.builds(PhaseDone, st.sampled_from(["downloading", "verifying", "installing"]), st.sampled_from([None, "b"])),
-    st.builds(Failed, st.sampled_from(["network", "integrity"]), st.text(max_size=10), st.booleans(), st.floats(0, 1e6)),
+    st.builds(
+        PhaseDone, st.sampled_from(["downloading", "verifying", "installing"]), st.sampled_from([None, "b"])
+    ),
+    st.builds(
+        Failed,
+        st.sampled_from(["network", "integrity"]),
+        st.text(max_size=10),
+        st.booleans(),
+        st.floats(0, 1e6),
+    ),
     st.builds(
         Booted,
         st.sampled_from([None, "a", "b"]),

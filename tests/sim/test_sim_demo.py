@@ -58,6 +58,16 @@ def _online(base: str) -> set[str]:
     return {d["id"] for d in devices if d["online"]}
 
 
+def _committed(base: str, device: str, version: str) -> bool:
+    try:
+        info = _get(f"{base}api/devices/{device}")
+        events = _get(f"{base}api/devices/{device}/events")
+    except OSError:
+        return False
+    kinds = {(e["kind"], (e.get("data") or {}).get("to")) for e in events}
+    return bool(info.get("version") == version and ("ota.committed", version) in kinds)
+
+
 def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
@@ -69,13 +79,15 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     assert proc.stdout is not None
     out = Output(proc.stdout)  # type: ignore[arg-type]
     try:
-        wait_until(lambda: bool(URL_RE.search(out.text)) or proc.poll() is not None, 90, "dashboard URL")
+        wait_until(lambda: bool(URL_RE.search(out.text)) or proc.poll() is not None, 180, "dashboard URL")
         match = URL_RE.search(out.text)
         assert match, out.text
         base = match.group(1)
         sims = {f"{role}-sim-000{i}" for role in ("kiosk", "cam") for i in (1, 2)}
-        want = {"kiosk-demo-0001", "cam-demo-0001", *sims}
+        want = {"kiosk-demo-0001", "cam-demo-0001", "gw-demo-0001", *sims}
         wait_until(lambda: want <= _online(base), 60, f"{sorted(want)} online in /api/devices")
+        # the demo's update: the launcher-run device moves to the second release and says so
+        wait_until(lambda: _committed(base, "gw-demo-0001", "0.1.1"), 120, "gw-demo-0001 committed 0.1.1")
         family = psutil.Process(proc.pid).children(recursive=True)
         assert len(family) >= 5  # mosquitto, fleet, two agents, simulator
 
