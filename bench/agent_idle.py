@@ -2,7 +2,8 @@
 
 The agent runs with its default settings (telemetry every 30 s, WAL outbox, local API, logging to
 a file) connected to a private mosquitto, started both ways it is started in the field:
-``python -m agent run`` and the console script ``cityedge agent run``. The baseline is
+``python -m agent run`` and the console script ``cityedge agent run``, and once more with the OTA
+updater on (``[ota] enabled``, a real TUF root of trust, idle: nothing to install). The baseline is
 ``python -c 'import time; time.sleep(...)'`` measured over the same window. Measurement starts 3 s
 after the agent reports it is connected.
 
@@ -31,6 +32,7 @@ TARGET_CPU, TARGET_RSS = "< 1 % of a core", "< 60 MB"
 def agent_command(entry: str, config: Path) -> list[str]:
     if entry == "cityedge":
         return [str(Path(sys.executable).parent / "cityedge"), "agent", "run", "--config", str(config)]
+    # "module" and "ota" (the way the launcher starts a slot)
     return [sys.executable, "-m", "agent", "run", "--config", str(config)]
 
 
@@ -42,6 +44,17 @@ def start_agent(work: Path, entry: str, broker: MosquittoBroker) -> tuple[subpro
         "device": {"id": f"bench-idle-{entry}"},
         "mqtt": {"broker": broker.url},
     }
+    if entry == "ota":
+        from fleet.releases.repo import init_repo
+
+        repo = work / "releases"
+        init_repo(repo, work / "offline-keys")
+        settings["ota"] = {
+            "enabled": True,
+            "repository_url": "http://127.0.0.1:9/tuf/",
+            "root": str(work / "slots"),
+            "trusted_root": str(repo / "metadata" / "1.root.json"),
+        }
     config.write_text(tomli_w.dumps(settings))
     err = open(work / f"{entry}.stderr", "wb")  # noqa: SIM115 (the child keeps it)
     proc = subprocess.Popen(agent_command(entry, config), stdout=subprocess.DEVNULL, stderr=err)
@@ -93,7 +106,7 @@ def measure(pids: list[int], seconds: float) -> list[tuple[float, float]]:
 def one_run(work: Path, broker: MosquittoBroker, seconds: float) -> dict[str, tuple[float, float]]:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for entry in ("module", "cityedge"):
+        for entry in ("module", "cityedge", "ota"):
             proc, data_dir = start_agent(work, entry, broker)
             procs[entry] = proc
             wait_connected(proc, data_dir)
@@ -131,7 +144,12 @@ def main() -> None:
     base_cpu = [r["baseline"][0] for r in runs]
     base_rss = [r["baseline"][1] for r in runs]
     print(f"idle over {args.seconds:.0f} s, {args.runs} runs, load average {psutil.getloadavg()[0]:.1f}")
-    for entry, label in (("module", "python -m agent run"), ("cityedge", "cityedge agent run")):
+    entries = (
+        ("module", "python -m agent run"),
+        ("cityedge", "cityedge agent run"),
+        ("ota", "python -m agent run, OTA updater on"),
+    )
+    for entry, label in entries:
         cpu = [r[entry][0] for r in runs]
         rss = [r[entry][1] for r in runs]
         report(

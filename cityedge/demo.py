@@ -335,9 +335,9 @@ def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
     console.print(
         Panel.fit(
             f"[bold green]Dashboard: {url}[/bold green]\nKiosk screen: {kiosk}\n"
-            f"Update: {demo_ota.DEVICE} moves from {demo_ota.FIRST} to {demo_ota.SECOND} once online "
-            f"(watch its version and OTA state; `cityedge agent ota status --data-dir "
-            f"{sup.ctx.data_dir / demo_ota.DEVICE / 'data'}`)",
+            f"Update: {demo_ota.DEVICE} moves {demo_ota.FIRST} -> {demo_ota.SECOND} once online\n"
+            f"  (its OTA column; on the device: cityedge agent ota status --data-dir\n"
+            f"   {sup.ctx.data_dir / demo_ota.DEVICE / 'data'})",
             title="cityedge demo is running",
         )
     )

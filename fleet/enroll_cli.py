@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlencode
 
 import typer
 
-from fleet.claims import DEFAULT_TTL, Claim, ClaimError, ClaimStore, parse_ttl
 from protocol.timefmt import format_ts
+
+if TYPE_CHECKING:  # the claim store imports SQLAlchemy: only when a claim command runs
+    from fleet.claims import Claim
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="Fleet data directory (claims.db lives there).")]
 DEFAULT_DATA = Path("var/fleet")
@@ -75,6 +77,8 @@ def register_claims(fleet_app: typer.Typer) -> None:
         data_dir: DataDir = DEFAULT_DATA,
     ) -> None:
         """Create a claim token (shown once; only its hash is kept)."""
+        from fleet.claims import DEFAULT_TTL, ClaimError, ClaimStore, parse_ttl
+
         try:
             store = ClaimStore.open(claims_db(data_dir))
             claim = store.create(role, site, parse_ttl(ttl) if ttl else DEFAULT_TTL, device_id)
@@ -106,6 +110,8 @@ def register_claims(fleet_app: typer.Typer) -> None:
     @claim_app.command("list")
     def list_cmd(data_dir: DataDir = DEFAULT_DATA) -> None:
         """Claim tokens not used yet and not expired (the tokens themselves are not stored)."""
+        from fleet.claims import ClaimStore
+
         for claim in ClaimStore.open(claims_db(data_dir)).pending():
             who = claim.device_id or "-"
             until = format_ts(claim.expires_at)

@@ -119,6 +119,7 @@ def init(
             fetcher.fetch(sha, length, staging / sha)
         slot_dir = installer.install(manifest, raw)
         boot.switch_current(root, slot_dir.name)
+        installer.discard_staging()
         (root / TRUST_FILE).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(trusted_root, root / TRUST_FILE)
         shutil.copyfile(Path(boot.__file__), root / "launcher.py")

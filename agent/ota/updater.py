@@ -78,6 +78,7 @@ class Installer(Protocol):
     def space_needed(self, manifest: ReleaseManifest) -> int: ...
     def install(self, manifest: ReleaseManifest, manifest_bytes: bytes) -> Path: ...
     def verify(self, slot: Path) -> ReleaseManifest: ...
+    def discard_staging(self) -> None: ...
 
 
 @dataclasses.dataclass
@@ -382,6 +383,10 @@ class Updater:
         finished = boot.choose(self.root, state)[1]  # pending == current: recorded as committed
         boot.write_boot(self.root, finished)
         log.info("committed %s in slot %s", self.running_version, slot)
+        try:  # the objects now live in the slots; a failure here only costs disk space
+            self.parts.installer.discard_staging()
+        except OtaError as exc:
+            log.warning("%s", exc)
         return [Booted(self.running_slot, self.running_version, None, finished.get("last"))]
 
     def _rollback(self, reason: str) -> list[Event]:

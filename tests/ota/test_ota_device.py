@@ -201,3 +201,19 @@ def test_downgrade_refused_and_update_lock_defers_until_released(
     assert device.wait_running()["version"] == "1.0.0"
     api.call("ota_unlock", owner="kiosk-session")
     device.wait_version("1.1.0")
+
+
+def test_a_metered_link_waits_for_tomorrows_budget(device: Device, repo: Repository, probe: Probe) -> None:
+    repo.publish("1.1.0", files("1.1.0"))
+    device.configure(daily_byte_budget=50_000)  # the new file alone is 200 kB
+    device.start()
+    device.wait_running()
+    probe.desired("1.1.0")
+    api = LocalApiClient(device.data)
+    wait_for(
+        lambda: "budget" in str(api.call("ota_status")["state"]["waiting"]), 30, "the budget to defer it"
+    )
+    staged = sum(p.stat().st_size for p in (device.root / "staging" / "objects").glob("*"))
+    assert staged <= 50_000  # nothing fetched past the budget
+    assert device.wait_running()["version"] == "1.0.0"
+    assert "ota.failed" not in probe.kinds("1.1.0")
