@@ -59,6 +59,9 @@ class DemoAgent:
     def report_peripherals(self, peripherals: dict[str, Any]) -> None:
         return None
 
+    def call(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
+        return {}
+
     def desired_config(self) -> dict[str, Any]:
         return {}
 

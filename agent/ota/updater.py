@@ -62,6 +62,13 @@ class Cancelled(OtaError):
     code = "cancelled"
 
 
+@dataclasses.dataclass(frozen=True)
+class CheckNow:
+    """Queued by ``check``: refresh the repository's metadata, then evaluate (forced or not)."""
+
+    force: bool
+
+
 class Client(Protocol):
     def refresh(self) -> None: ...
     def manifest(self, target: str) -> tuple[ReleaseManifest, bytes]: ...
@@ -123,7 +130,8 @@ class Updater:
         self._budget: dict[str, Any] = stored.get("budget") or {}
         self.desired: Target | None = None
         self._manifest: tuple[ReleaseManifest, bytes] | None = None
-        self._events: queue.Queue[tuple[Event | None, bool]] = queue.Queue()
+        self._events: queue.Queue[Event | CheckNow | None] = queue.Queue()
+        self.last_check: dict[str, Any] | None = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="ota", daemon=True)
@@ -134,16 +142,13 @@ class Updater:
     def start(self) -> None:
         pending = boot.read_boot(self.root)
         self._events.put(
-            (
-                Booted(self.running_slot, self.running_version, pending.get("pending"), pending.get("last")),
-                False,
-            )
+            Booted(self.running_slot, self.running_version, pending.get("pending"), pending.get("last"))
         )
         self._thread.start()
 
     def stop(self) -> None:
         self.parts.stop.set()
-        self._events.put((None, False))
+        self._events.put(None)
         self._thread.join(timeout=10)
 
     def is_alive(self) -> bool:
@@ -155,13 +160,14 @@ class Updater:
         current = self.state.target
         if current is not None and (self.desired is None or self.desired.version != current.version):
             self._cancel.set()
-        self._events.put((self._evaluate_event(False), False))
+        self._events.put(self._evaluate_event(False))
 
     def check(self, force: bool = False) -> dict[str, Any]:
-        """Look at the repository now (``update`` command / ``agent ota check``)."""
-        self.parts.client.refresh()
-        self._events.put((self._evaluate_event(force), force))
-        return self.status()
+        """Look at the repository now and start the desired update if one is due (``update``
+        command, ``agent ota check``). The updater's own thread does it, in order with its work;
+        ``last_check`` in the status says how it went."""
+        self._events.put(CheckNow(force))
+        return {**self.status(), "check": "requested"}
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -174,6 +180,7 @@ class Updater:
             "locks": self.gate.holders(),
             "pending": boot_state.get("pending"),
             "last_boot_outcome": boot_state.get("last"),
+            "last_check": self.last_check,
         }
 
     def telemetry(self) -> dict[str, Any]:
@@ -183,6 +190,15 @@ class Updater:
 
     # -- the loop ---------------------------------------------------------------------------------------
 
+    def _check_now(self, force: bool) -> Evaluate:
+        try:
+            self.parts.client.refresh()
+            self.last_check = {"at": time.time(), "ok": True}
+        except OtaError as exc:
+            self.last_check = {"at": time.time(), "ok": False, "error": str(exc)}
+            log.warning("repository check failed: %s", exc)
+        return self._evaluate_event(force)
+
     def _evaluate_event(self, forced: bool) -> Evaluate:
         gate = self.gate.check(self._bytes_today())
         return Evaluate(self.desired, self.running_version, self._clock(), gate, forced)
@@ -190,9 +206,10 @@ class Updater:
     def _loop(self) -> None:
         while not self.parts.stop.is_set():
             try:
-                event, _ = self._events.get(timeout=TICK_S)
+                item = self._events.get(timeout=TICK_S)
             except queue.Empty:
-                event = self._evaluate_event(False) if self.state.phase == "idle" else None
+                item = self._evaluate_event(False) if self.state.phase == "idle" else None
+            event = self._check_now(item.force) if isinstance(item, CheckNow) else item
             if event is None:
                 continue
             try:

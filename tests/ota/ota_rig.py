@@ -59,7 +59,7 @@ class Probe:
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, _u, _f, _r, _p: c.subscribe(f"{self.root}/events/#", qos=1)
         self.client.on_subscribe = lambda *_a: subscribed.set()
-        self.client.reconnect_delay_set(0.2, 1.0)
+        self.client.reconnect_delay_set(1, 2)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = 3600  # persistent: events sent while the broker restarts are kept
         self.client.connect(broker.config.host, broker.config.port, clean_start=False, properties=props)
@@ -91,6 +91,20 @@ class Probe:
         }
         info = self.client.publish(f"{self.root}/shadow/desired", json.dumps(body), qos=1, retain=True)
         info.wait_for_publish(10)
+
+    def command(self, name: str, args: dict[str, Any] | None = None) -> None:
+        """An (unsigned, development-mode) command to the device."""
+        now = utc_now()
+        self._version += 1
+        body = {
+            "id": f"cmd-{self._version}",
+            "name": name,
+            "args": args or {},
+            "issued_at": format_ts(now - timedelta(seconds=1)),
+            "expires_at": format_ts(now + timedelta(minutes=5)),
+            "nonce": f"c-{self._version}",
+        }
+        self.client.publish(f"{self.root}/commands/req", json.dumps(body), qos=1).wait_for_publish(10)
 
     def wait_event(
         self, kind: str, pred: Callable[[dict[str, Any]], bool] = lambda _d: True, timeout: float = 60

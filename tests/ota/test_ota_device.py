@@ -100,7 +100,7 @@ def test_update_commits_moves_only_new_files_and_is_reported(
 def test_unhealthy_releases_are_rolled_back_with_the_reason(
     device: Device, repo: Repository, probe: Probe, case: str, manifest: dict[str, list[str]], reason: str
 ) -> None:
-    repo.publish("1.1.0", files("1.1.0"), **manifest)  # type: ignore[arg-type]
+    repo.publish("1.1.0", files("1.1.0"), **manifest)
     device.configure(health_timeout_s=4.0)
     device.start()
     device.wait_running()
@@ -217,3 +217,16 @@ def test_a_metered_link_waits_for_tomorrows_budget(device: Device, repo: Reposit
     assert staged <= 50_000  # nothing fetched past the budget
     assert device.wait_running()["version"] == "1.0.0"
     assert "ota.failed" not in probe.kinds("1.1.0")
+
+
+def test_the_update_command_installs_past_the_lock(device: Device, repo: Repository, probe: Probe) -> None:
+    repo.publish("1.1.0", files("1.1.0"))
+    device.start()
+    device.wait_running()
+    api = LocalApiClient(device.data)
+    api.call("ota_lock", owner="camera-evidence", ttl_s=600)
+    probe.desired("1.1.0")
+    wait_for(lambda: "camera-evidence" in str(api.call("ota_status")["state"]["waiting"]), 30, "the lock")
+    probe.command("update")  # the central team overrides the lock
+    device.wait_version("1.1.0")
+    probe.wait_event("ota.committed", lambda d: d["to"] == "1.1.0")

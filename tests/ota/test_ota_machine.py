@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,6 +19,7 @@ from agent.ota.machine import (
     Healthy,
     MarkReported,
     OtaState,
+    Phase,
     PhaseDone,
     Progress,
     Rollback,
@@ -29,7 +32,7 @@ from agent.ota.machine import (
 V2 = Target("1.1.0", "releases/1.1.0/manifest.json")
 
 
-def kinds(effects: list[object]) -> list[str]:
+def kinds(effects: Sequence[object]) -> list[str]:
     return [e.kind if isinstance(e, Emit) else type(e).__name__ for e in effects]
 
 
@@ -144,9 +147,10 @@ def test_outcomes_are_reported_by_the_next_boot() -> None:
 
 
 def test_boot_resumes_interrupted_work() -> None:
-    for phase in ("downloading", "verifying", "installing", "restarting"):
-        state = OtaState(phase=phase, target=V2, from_version="1.0.0")  # type: ignore[arg-type]
-        assert step(state, Booted("a", "1.0.0", None, None)) == (state, [Run(phase)])  # type: ignore[arg-type]
+    phases: tuple[Phase, ...] = ("downloading", "verifying", "installing", "restarting")
+    for phase in phases:
+        state = OtaState(phase=phase, target=V2, from_version="1.0.0")
+        assert step(state, Booted("a", "1.0.0", None, None)) == (state, [Run(phase)])
 
 
 def test_a_new_desired_release_supersedes_work_in_progress() -> None:
