@@ -17,7 +17,7 @@ def test_retained_message_survives_broker_restart(broker: MosquittoBroker) -> No
     pub.disconnect()
     broker.restart()
     got = threading.Event()
-    seen: list[bytes] = []
+    seen: list[bytes | bytearray] = []
 
     def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         seen.append(msg.payload)

@@ -134,10 +134,13 @@ def test_violation_reaches_the_city_signed_and_verifiable(agent: Path, broker: M
         assert isinstance(key, Ed25519PrivateKey)
         report = verify_evidence(envelope, store.get, key.public_key())
         assert {i["role"] for i in report.images} == {"scene", "vehicle"}
+
+        def truncated(sha: str) -> bytes | None:
+            blob = store.get(sha)
+            return blob[:-1] if blob else None
+
         with pytest.raises(EvidenceHashError):
-            verify_evidence(
-                envelope, lambda sha: store.get(sha)[:-1] if store.get(sha) else None, key.public_key()
-            )
+            verify_evidence(envelope, truncated, key.public_key())
 
         city.wait("events/traffic.count", lambda b: b["data"]["partial"])  # the last window, sent last
         with city.lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -149,7 +150,7 @@ def test_line_argument_never_crashes(text: str) -> None:
         max_size=4,
     )
 )
-def test_arbitrary_config_documents_validate_or_fail_cleanly(doc: dict) -> None:
+def test_arbitrary_config_documents_validate_or_fail_cleanly(doc: dict[str, Any]) -> None:
     try:
         cfg = config_from_dict(doc)
     except CameraConfigError as exc:
@@ -161,10 +162,12 @@ def test_arbitrary_config_documents_validate_or_fail_cleanly(doc: dict) -> None:
 
 
 def test_every_config_field_is_documented() -> None:
+    from pydantic import BaseModel
+
     from agent.camera import config as c
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "camera.md").read_text()
-    models = [
+    models: list[type[BaseModel]] = [
         c.CameraConfig,
         c.SourceConfig,
         c.DetectorConfig,

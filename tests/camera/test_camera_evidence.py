@@ -6,10 +6,11 @@ import base64
 import copy
 import hashlib
 import logging
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -67,8 +68,11 @@ def _violation(box: Box) -> Violation:
     return Violation("red_light", "rl-north", track, box, 4.2, 1_790_000_000.0, 42, {"phase": "red"})
 
 
-def _decode(data: bytes) -> np.ndarray:
-    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+def _decode(data: bytes) -> npt.NDArray[np.uint8]:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None, "the evidence image does not decode"
+    assert image.dtype == np.uint8, f"decoded evidence image is {image.dtype}, expected 8-bit pixels"
+    return cast("npt.NDArray[np.uint8]", image)
 
 
 def _region(image: np.ndarray, box: Box) -> np.ndarray:
@@ -150,9 +154,9 @@ def test_signed_envelope_verifies_and_any_change_is_detected(
 
     inline = copy.deepcopy(envelope)
     image = next(i for i in inline["data"]["images"] if i["store"] == "inline")
-    raw = bytearray(base64.b64decode(image["data"]))
-    raw[100] ^= 0x01
-    image["data"] = base64.b64encode(bytes(raw)).decode()
+    flipped = bytearray(base64.b64decode(image["data"]))
+    flipped[100] ^= 0x01
+    image["data"] = base64.b64encode(bytes(flipped)).decode()
     with pytest.raises(EvidenceSignatureError):
         verify_evidence(inline, store.get, public)
 

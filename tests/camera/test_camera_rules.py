@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -16,7 +16,7 @@ from agent.camera.config import (
 )
 from agent.camera.geometry import anchor_point
 from agent.camera.kalman import KalmanBox
-from agent.camera.rules import RuleEngine
+from agent.camera.rules import Crossing, RuleEngine, Violation
 from agent.camera.signal import AgentPhase, CallbackPhase, FixedPhase, SchedulePhase, build_signal
 from agent.camera.tracker import Track
 
@@ -29,8 +29,8 @@ def _track(track_id: int = 1) -> Track:
 
 
 def _drive(
-    engine: RuleEngine, track: Track, points: list[tuple[float, float]], t0: float = 0.0
-) -> Iterator[tuple[float, list, list]]:
+    engine: RuleEngine, track: Track, points: Sequence[tuple[float, float]], t0: float = 0.0
+) -> Iterator[tuple[float, list[Crossing], list[Violation]]]:
     for i, (x, y) in enumerate(points):
         t = t0 + i / FPS
         track.last_box = (x - 5, y - 5, x + 5, y + 5)
@@ -40,7 +40,7 @@ def _drive(
         yield t, crossings, violations
 
 
-def _crossings(config: CameraConfig, points: list[tuple[float, float]]) -> list[str]:
+def _crossings(config: CameraConfig, points: Sequence[tuple[float, float]]) -> list[str]:
     engine = RuleEngine(config)
     return [c.direction for _t, cs, _v in _drive(engine, _track(), points) for c in cs]
 

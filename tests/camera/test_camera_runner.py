@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from typing import Any
 
 import cv2
 import numpy as np
@@ -97,7 +98,7 @@ def test_counts_survive_an_agent_that_is_briefly_away() -> None:
             super().__init__()
             self.down = 3
 
-        def emit(self, kind: str, data: dict, *, sign: bool = False) -> dict:
+        def emit(self, kind: str, data: dict[str, Any], *, sign: bool = False) -> dict[str, Any]:
             if self.down > 0:
                 self.down -= 1
                 raise SinkError(
@@ -134,6 +135,7 @@ def test_snapshot_blurs_people_and_plates(detector: YoloxDetector) -> None:
     taker.update(Frame(image=image, seq=9, t=0.0, wall=0.0))
     result = taker.handler({})
     shot = cv2.imdecode(np.frombuffer(base64.b64decode(result["data"]), np.uint8), cv2.IMREAD_COLOR)
+    assert shot is not None, "the snapshot does not decode"
     region = (slice(60, 60 + person.shape[0]), slice(300, 300 + person.shape[1]))
     assert shot[region].astype(float).var() < 0.35 * image[region].astype(float).var()
     assert result["frame_seq"] == 9 and result["width"] == 480

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,6 +20,14 @@ from agent.camera.yolox import class_aware_nms, decode, letterbox, nms, postproc
 from models.registry import Registry
 
 MOTORBIKE = (110.0, 67.0, 709.0, 447.0)  # where the motorcycle is in stereo_motorcycle (by eye)
+
+
+def _motorcycle_bgr() -> npt.NDArray[np.uint8]:
+    """scikit-image's stereo_motorcycle (left view, 8-bit RGB) in the BGR order the detector takes."""
+    rgb: npt.NDArray[np.uint8] = data.stereo_motorcycle()[0]  # type: ignore[no-untyped-call]
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    assert bgr.dtype == np.uint8, f"stereo_motorcycle is {bgr.dtype}, expected 8-bit pixels"
+    return cast("npt.NDArray[np.uint8]", bgr)
 
 
 @settings(max_examples=40, deadline=None)
@@ -80,7 +90,7 @@ def test_postprocess_thresholds_and_filters_classes() -> None:
 
 
 def test_real_model_finds_the_motorcycle(detector: YoloxDetector) -> None:
-    image = cv2.cvtColor(data.stereo_motorcycle()[0], cv2.COLOR_RGB2BGR)
+    image = _motorcycle_bgr()
     found = detector.detect(image)
     bikes = [d for d in found if d.label == "motorcycle"]
     assert bikes and bikes[0].score > 0.8
@@ -89,7 +99,7 @@ def test_real_model_finds_the_motorcycle(detector: YoloxDetector) -> None:
 
 
 def test_roi_detection_maps_back_to_frame_pixels(detector: YoloxDetector) -> None:
-    bike = cv2.cvtColor(data.stereo_motorcycle()[0], cv2.COLOR_RGB2BGR)
+    bike = _motorcycle_bgr()
     canvas = np.full((900, 1400, 3), 90, np.uint8)
     canvas[300:800, 600:1341] = bike
     found = detector.detect(canvas, roi=(550, 250, 1400, 900))
@@ -123,11 +133,13 @@ def test_detector_asking_for_gpu_runs_on_cpu_here(
 
 
 def test_decoding_only_likely_anchors_gives_the_same_detections(detector: YoloxDetector) -> None:
-    image = cv2.cvtColor(data.stereo_motorcycle()[0], cv2.COLOR_RGB2BGR)
+    image = _motorcycle_bgr()
     boxed, _ = letterbox(image, 416, 416)
     raw = detector.raw(boxed)
-    full = postprocess(decode(raw, 416, 416), 0.3, 0.45, detector.keep)
-    fast = postprocess(decode(raw, 416, 416, min_objectness=0.3), 0.3, 0.45, detector.keep)
+    full: tuple[npt.NDArray[np.generic], ...] = postprocess(decode(raw, 416, 416), 0.3, 0.45, detector.keep)
+    fast: tuple[npt.NDArray[np.generic], ...] = postprocess(
+        decode(raw, 416, 416, min_objectness=0.3), 0.3, 0.45, detector.keep
+    )
     for a, b in zip(full, fast, strict=True):
         assert np.array_equal(a, b)
     empty = postprocess(decode(raw, 416, 416, min_objectness=2.0), 0.3, 0.45)
