@@ -291,6 +291,32 @@ def parse_window(text: str) -> tuple[int, int]:
     return minutes[0], minutes[1]
 
 
+class RenewalSection(Section):
+    enabled: bool = Field(
+        default=True,
+        description="Renew the device certificate before it expires (enrolled devices; agent/renewal.py).",
+    )
+    at_fraction: float = Field(
+        default=2 / 3,
+        gt=0,
+        lt=1,
+        description="Renew once this share of the certificate's lifetime has passed.",
+    )
+    check_interval_s: float = Field(
+        default=3600.0, ge=0.1, le=86400, description="Longest time between two checks of the certificate."
+    )
+    retry_min_s: float = Field(
+        default=60.0, gt=0, description="First wait after a failed renewal (doubling, with jitter)."
+    )
+    retry_max_s: float = Field(default=6 * 3600.0, gt=0, description="Longest wait between renewal attempts.")
+
+    @model_validator(mode="after")
+    def _retry(self) -> RenewalSection:
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be at least retry_min_s")
+        return self
+
+
 class AgentConfig(Section):
     data_dir: Path = Field(
         default=Path("/var/lib/cityedge/agent"), description="Outbox, state, socket and logs."
@@ -304,6 +330,9 @@ class AgentConfig(Section):
     logging: LoggingSection = Field(default_factory=LoggingSection, description="Logging.")
     system: SystemSection = Field(default_factory=SystemSection, description="Reboot/restart backend.")
     ota: OtaSection = Field(default_factory=OtaSection, description="Over-the-air updates.")
+    renewal: RenewalSection = Field(
+        default_factory=RenewalSection, description="Automatic renewal of the device certificate."
+    )
 
     @property
     def device_id(self) -> str:

@@ -33,6 +33,7 @@ from agent.ota.errors import OtaError
 from agent.ota.updater import Updater, running_slot_from_env
 from agent.ota.wiring import add_local_ops, build_parts, launched_root, update_handler
 from agent.outbox import Outbox
+from agent.renewal import CertRenewer
 from agent.results import ResultStore
 from agent.rpc import RpcClient
 from agent.sender import OutboxSender
@@ -50,7 +51,7 @@ T = TypeVar("T")
 RESTART_EXIT_CODE = 75
 """Exit code of the ``restart`` command in exit mode (systemd: Restart=always restarts it)."""
 FAILURE_EXIT_CODE = 70
-LIVE_SECTIONS = ("telemetry", "logging")
+LIVE_SECTIONS = ("telemetry", "logging", "renewal")
 
 
 class Supervisor:
@@ -127,6 +128,7 @@ class Agent:
                 max_request_bytes=config.local_api.max_request_bytes,
                 rpc_timeout_max_s=config.local_api.rpc_timeout_max_s,
             )
+        self.renewer = CertRenewer(self.data_dir, lambda: self.config.renewal)
         self.ota_error: str | None = None
         self.updater = self._build_updater(config)
         topics = self.link.topics
@@ -313,6 +315,7 @@ class Agent:
             "verifier": type(self.verifier).__name__,
             "simulated_reboots": len(getattr(self.system, "reboots", [])),
             "ota": self._ota_summary(),
+            "certificate": self.renewer.state(),
         }
 
     def _ota_summary(self) -> dict[str, Any]:
@@ -334,6 +337,7 @@ class Agent:
         self.sender.start()
         self.telemetry.start()
         self.link.start()
+        self.renewer.start()
         if self.localapi is not None:
             self.localapi.start()
         if self.updater is not None:
@@ -357,6 +361,7 @@ class Agent:
             "telemetry": self.telemetry.is_alive(),
             "local API": self.localapi is None or self.localapi.is_alive(),
             "updater": self.updater is None or self.updater.is_alive(),
+            "certificate renewal": self.renewer.is_alive(),
         }
         return [name for name, alive in parts.items() if not alive]
 
@@ -365,6 +370,7 @@ class Agent:
             self.updater.stop()
         if self.localapi is not None:
             self.localapi.stop()
+        self.renewer.stop()
         self.telemetry.stop()
         self.commands.stop()
         self.link.stop()

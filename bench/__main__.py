@@ -13,6 +13,7 @@ ALL = (
     "agent_throughput",
     "agent_idle",
     "fleet_ingest",
+    "fleet_auth",
     "tls_connect",
     "command_verify",
     "camera_detector",

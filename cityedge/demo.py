@@ -29,7 +29,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from cityedge import demo_ota
+from cityedge import demo_ota, demo_security
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -65,11 +65,17 @@ class Part:
 
 
 def _fleet(ctx: Ctx) -> list[str]:
-    db = f"sqlite:///{(ctx.part_dir('fleet') / 'fleet.db').resolve()}"
+    ctx.part_dir("fleet")
+    db = fleet_db_url(ctx.data_dir)
     return [*ctx.cli, "fleet", "serve", "--broker", ctx.broker_url, "--db", db, "--http", ctx.http,
             "--data-dir", str(ctx.part_dir("fleet")), "--worker-id", "fleet-demo",
             "--rpc", "dossier=fleet.gateway.service:demo_dossier_service",
-            "--releases", str(demo_ota.repo_dir(ctx.data_dir))]  # fmt: skip
+            "--releases", str(demo_ota.repo_dir(ctx.data_dir)),
+            "--pki", str(demo_security.pki_dir(ctx.data_dir))]  # fmt: skip
+
+
+def fleet_db_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'fleet' / 'fleet.db').resolve()}"
 
 
 def _ota_agent(ctx: Ctx) -> list[str]:
@@ -112,8 +118,7 @@ def _camera_pipeline(ctx: Ctx) -> list[str]:
 
     config = Path(agent.camera.__file__).resolve().parent / "examples" / "demo.toml"
     return [*ctx.cli, "camera", "run", "--config", str(config),
-            "--data-dir", str(ctx.part_dir("cam-demo-0001")),
-            "--evidence-url", f"http://{ctx.http}"]  # fmt: skip
+            "--data-dir", str(ctx.part_dir("cam-demo-0001"))]  # fmt: skip
 
 
 def _sim(ctx: Ctx) -> list[str]:
@@ -297,8 +302,9 @@ def run_demo(devices: int, http: str, data_dir: Path, console: Console) -> int:
         try:
             _check_http(http)
             data_dir.mkdir(parents=True, exist_ok=True)
-            with console.status("preparing the release repository (two releases) ..."):
+            with console.status("preparing the release repository (two releases) and the city PKI ..."):
                 demo_ota.prepare_releases(data_dir)
+                demo_security.prepare_pki(data_dir)
             broker = MosquittoBroker(data_dir / "broker").start()
         except (DemoError, BrokerError, ReleaseError) as exc:
             console.print(f"[red]cityedge demo: {exc}[/red]", highlight=False)
@@ -331,16 +337,24 @@ def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
         return 1
     url = f"http://{sup.ctx.http}/"
     kiosk = f"http://{kiosk_ui_http(sup.ctx)}/"
-    demo_ota.roll_out_later(sup.ctx.http, stop)
+    from fleet.auth.tokensignin import signin_link
+
+    token, token_file = demo_security.prepare_admin_token(fleet_db_url(sup.ctx.data_dir), sup.ctx.data_dir)
+    demo_ota.roll_out_later(sup.ctx.http, stop, token_file)
     console.print(
         Panel.fit(
-            f"[bold green]Dashboard: {url}[/bold green]\nKiosk screen: {kiosk}\n"
+            f"[bold green]Dashboard: {url}[/bold green]\n"
+            f"Kiosk screen: {kiosk}\n"
             f"Update: {demo_ota.DEVICE} moves {demo_ota.FIRST} -> {demo_ota.SECOND} once online\n"
             f"  (its OTA column; on the device: cityedge agent ota status --data-dir\n"
             f"   {sup.ctx.data_dir / demo_ota.DEVICE / 'data'})",
             title="cityedge demo is running",
         )
     )
+    # outside the panel, so that the link is never wrapped and can be clicked or copied whole
+    link = signin_link(url, token)
+    console.print(f"Sign in to the dashboard (admin, this demo only):\n{link}", markup=False)
+    console.print(f"The token is also in {token_file} (mode 0600) for the CLI: --token-file", markup=False)
     console.print("Press Ctrl-C to stop everything.")
     while not stop.wait(0.5):
         dead = sup.check()

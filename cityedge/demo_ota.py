@@ -69,14 +69,21 @@ def ota_agent_argv(cli: tuple[str, ...], broker_url: str, http: str, data_dir: P
             "--data-dir", str(agent_data)]  # fmt: skip
 
 
-def roll_out_later(http: str, stop: threading.Event) -> threading.Thread:
-    """Once the device is online in the fleet, set its desired release to the second one."""
+def roll_out_later(http: str, stop: threading.Event, token_file: Path | None = None) -> threading.Thread:
+    """Once the device is online in the fleet, set its desired release to the second one.
+
+    The requests carry ``Authorization: Bearer`` with the API token in ``token_file`` (mode 0600;
+    a release-manager or admin token: the fleet refuses requests without one)."""
 
     def work() -> None:
+        from fleet.client import read_token_file
+
+        headers = {"Authorization": f"Bearer {read_token_file(token_file)}"} if token_file else {}
         deadline = time.monotonic() + WAIT_ONLINE_S
         while not stop.wait(1.0) and time.monotonic() < deadline:
+            probe = urllib.request.Request(f"http://{http}/api/devices/{DEVICE}", headers=headers)
             try:
-                with urllib.request.urlopen(f"http://{http}/api/devices/{DEVICE}", timeout=3) as resp:
+                with urllib.request.urlopen(probe, timeout=3) as resp:
                     device = json.load(resp)
             except (OSError, urllib.error.URLError, ValueError):
                 continue
@@ -87,7 +94,7 @@ def roll_out_later(http: str, stop: threading.Event) -> threading.Thread:
                 f"http://{http}/api/devices/{DEVICE}/release",
                 data=body,
                 method="PUT",
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **headers},
             )
             try:
                 with urllib.request.urlopen(request, timeout=5):

@@ -7,10 +7,9 @@ evidence) add their routers there and reach the service as ``request.app.state.f
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.staticfiles import StaticFiles
 
 from fleet.apimodels import (
@@ -28,6 +27,9 @@ from fleet.apimodels import (
     ReleaseIn,
     StatsOut,
 )
+from fleet.auth.deps import AuthContext, check_routes, public_mount, require
+from fleet.auth.permissions import COMMANDS_SEND, DEVICES_READ, METRICS_READ, PUBLIC, RELEASES_MANAGE
+from fleet.auth.routes import parse_since
 from fleet.commands import InvalidCommand, SigningFailed, UnknownDevice
 from fleet.desired import (
     DesiredError,
@@ -40,21 +42,11 @@ from fleet.desired import (
 from fleet.inbound import OVERSIZED
 from fleet.metrics import render_metrics
 from fleet.service import FleetService
-from protocol.timefmt import parse_ts
 
 
 def fleet_of(request: Request) -> FleetService:
     service: FleetService = request.app.state.fleet
     return service
-
-
-def _since(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parse_ts(value)
-    except ValueError as exc:
-        raise HTTPException(422, f"since: {exc} (use e.g. 2026-11-22T21:30:00Z)") from exc
 
 
 def _device_or_404(service: FleetService, device_id: str) -> dict[str, Any]:
@@ -67,15 +59,21 @@ def _device_or_404(service: FleetService, device_id: str) -> dict[str, Any]:
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api", tags=["fleet"])
 
-    @router.get("/devices", response_model=list[DeviceOut])
+    @router.get("/devices", response_model=list[DeviceOut], dependencies=[Depends(require(DEVICES_READ))])
     def list_devices(request: Request, role: str | None = None, online: bool | None = None) -> Any:
         return fleet_of(request).store.devices(role=role, online=online)
 
-    @router.get("/devices/{device_id}", response_model=DeviceOut)
+    @router.get(
+        "/devices/{device_id}", response_model=DeviceOut, dependencies=[Depends(require(DEVICES_READ))]
+    )
     def get_device(request: Request, device_id: str) -> Any:
         return _device_or_404(fleet_of(request), device_id)
 
-    @router.get("/devices/{device_id}/events", response_model=list[EventOut])
+    @router.get(
+        "/devices/{device_id}/events",
+        response_model=list[EventOut],
+        dependencies=[Depends(require(DEVICES_READ))],
+    )
     def device_events(
         request: Request,
         device_id: str,
@@ -85,22 +83,31 @@ def api_router() -> APIRouter:
     ) -> Any:
         service = fleet_of(request)
         _device_or_404(service, device_id)
-        return service.store.events(device_id, limit=limit, kind=kind, since=_since(since))
+        return service.store.events(device_id, limit=limit, kind=kind, since=parse_since(since))
 
-    @router.get("/events", response_model=list[EventOut])
+    @router.get("/events", response_model=list[EventOut], dependencies=[Depends(require(DEVICES_READ))])
     def recent_events(
         request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50, kind: str | None = None
     ) -> Any:
         return fleet_of(request).store.events(None, limit=limit, kind=kind)
 
-    @router.get("/devices/{device_id}/gaps", response_model=list[GapOut])
+    @router.get(
+        "/devices/{device_id}/gaps",
+        response_model=list[GapOut],
+        dependencies=[Depends(require(DEVICES_READ))],
+    )
     def device_gaps(request: Request, device_id: str, open_only: bool = False) -> Any:
         service = fleet_of(request)
         _device_or_404(service, device_id)
         rows = service.store.gaps(device_id, open_only=open_only)
         return [{**r, "open": r["closed_at"] is None} for r in rows]
 
-    @router.post("/devices/{device_id}/commands", response_model=CommandCreated, status_code=201)
+    @router.post(
+        "/devices/{device_id}/commands",
+        response_model=CommandCreated,
+        status_code=201,
+        dependencies=[Depends(require(COMMANDS_SEND))],
+    )
     def send_command(request: Request, device_id: str, body: CommandIn) -> Any:
         try:
             row = fleet_of(request).commands.issue(device_id, body.name, body.args, body.ttl_s)
@@ -112,14 +119,20 @@ def api_router() -> APIRouter:
             raise HTTPException(503, str(exc)) from exc
         return {"id": row["id"]}
 
-    @router.get("/commands/{command_id}", response_model=CommandOut)
+    @router.get(
+        "/commands/{command_id}", response_model=CommandOut, dependencies=[Depends(require(DEVICES_READ))]
+    )
     def get_command(request: Request, command_id: str) -> Any:
         row = fleet_of(request).commands.get(command_id)
         if row is None:
             raise HTTPException(404, f"no command with id {command_id!r}")
         return row
 
-    @router.put("/devices/{device_id}/release", response_model=DesiredOut)
+    @router.put(
+        "/devices/{device_id}/release",
+        response_model=DesiredOut,
+        dependencies=[Depends(require(RELEASES_MANAGE))],
+    )
     def set_release(request: Request, device_id: str, body: ReleaseIn) -> Any:
         """Ask the device to run a release: returns the signed desired state, published retained."""
         desired = fleet_of(request).desired
@@ -133,19 +146,27 @@ def api_router() -> APIRouter:
             )
         )
 
-    @router.delete("/devices/{device_id}/release", response_model=DesiredOut)
+    @router.delete(
+        "/devices/{device_id}/release",
+        response_model=DesiredOut,
+        dependencies=[Depends(require(RELEASES_MANAGE))],
+    )
     def clear_release(request: Request, device_id: str) -> Any:
         """Release null: the device stays on what it runs. Returns the signed desired state."""
         desired = fleet_of(request).desired
         return _desired_call(lambda: desired.clear_release(device_id))
 
-    @router.get("/devices/{device_id}/desired", response_model=DesiredView)
+    @router.get(
+        "/devices/{device_id}/desired",
+        response_model=DesiredView,
+        dependencies=[Depends(require(DEVICES_READ))],
+    )
     def get_desired(request: Request, device_id: str) -> Any:
         """The signed desired state beside the running version and the latest OTA progress."""
         desired = fleet_of(request).desired
         return _desired_call(lambda: desired.view(device_id))
 
-    @router.get("/stats", response_model=StatsOut)
+    @router.get("/stats", response_model=StatsOut, dependencies=[Depends(require(DEVICES_READ))])
     def stats(request: Request) -> Any:
         return build_stats(fleet_of(request))
 
@@ -186,14 +207,14 @@ def build_stats(service: FleetService) -> StatsOut:
 def ops_router() -> APIRouter:
     router = APIRouter(tags=["operations"])
 
-    @router.get("/healthz", response_model=HealthOut)
+    @router.get("/healthz", response_model=HealthOut, dependencies=[Depends(require(PUBLIC))])
     def healthz(request: Request, response: Response) -> Any:
         health = fleet_of(request).health()
         if not health["ok"]:
             response.status_code = 503
         return health
 
-    @router.get("/metrics", response_class=Response)
+    @router.get("/metrics", response_class=Response, dependencies=[Depends(require(METRICS_READ))])
     def metrics(request: Request) -> Response:
         body, content_type = render_metrics(fleet_of(request))
         return Response(content=body, media_type=content_type)
@@ -206,23 +227,37 @@ def create_app(
     *,
     extra_routers: Sequence[APIRouter] = (),
     dashboard: bool = True,
+    auth: AuthContext | None = None,
 ) -> FastAPI:
-    """The fleet HTTP application for ``service`` (which the caller starts and stops)."""
+    """The fleet HTTP application for ``service`` (which the caller starts and stops).
+
+    Every route requires authentication except those declared PUBLIC (health, enrolment, /tuf,
+    static files). ``auth`` defaults to API tokens and the audit trail in the service's store;
+    sign-in (OIDC, sessions) adds its authenticators to ``app.state.auth``.
+    """
+    from fleet.auth.routes import annotate_openapi, audit_router, default_context, openapi_router
+
     app = FastAPI(
         title="cityedge fleet",
         version="1",
         description="Devices, events, commands and ingest statistics of the cityedge fleet.",
         docs_url=None,  # the interactive docs load their scripts from a CDN; the fleet runs offline
         redoc_url=None,
+        openapi_url=None,  # served by openapi_router behind a permission
     )
     app.state.fleet = service
+    app.state.auth = auth or default_context(service.store.reader, service.store.writer)
     app.include_router(api_router())
     app.include_router(ops_router())
+    app.include_router(audit_router())
+    app.include_router(openapi_router(app))
     for router in extra_routers:
         app.include_router(router)
     if dashboard:
         from fleet.dashboard import STATIC_DIR, dashboard_router
 
         app.include_router(dashboard_router())
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+        app.router.routes.append(public_mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
+    annotate_openapi(app)
+    check_routes(app.routes)  # fail closed: a route without a declared permission is never served
     return app

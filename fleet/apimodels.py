@@ -12,7 +12,16 @@ class DeviceOut(BaseModel):
     id: str = Field(description="Device id (MQTT client id, certificate CN).")
     role: str | None = Field(default=None, description="Role from the device status (kiosk, camera, ...).")
     version: str | None = Field(default=None, description="Agent version from the device status.")
-    online: bool = Field(description="Online according to the retained status / last will.")
+    online: bool = Field(
+        description="Online according to the retained status / last will; never true for a revoked device."
+    )
+    revoked: bool = Field(
+        default=False, description="Every certificate of the device is revoked: it is cut off from the city."
+    )
+    revoked_at: datetime | None = Field(default=None, description="When its last certificate was revoked.")
+    revocation_reason: str | None = Field(
+        default=None, description="Why (RFC 5280 reason, e.g. key_compromise, cessation_of_operation)."
+    )
     boot_id: str | None = Field(default=None, description="Boot id from the last status.")
     first_seen: datetime = Field(description="When the fleet first heard from the device.")
     last_seen: datetime = Field(description="When the device last sent anything (live).")

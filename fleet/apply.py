@@ -2,8 +2,9 @@
 
 Per batch: register the devices (insert-or-ignore, then lock their rows on PostgreSQL so that
 several workers serialise per device), fold status/telemetry/shadow/last-seen into the device
-rows, insert new events (de-duplicated by id), open and close sequence gaps, record command
-results, and add up the rejected messages by reason and topic family.
+rows, insert new events (de-duplicated by id) with the evidence rows of violations verified at
+arrival, open and close sequence gaps, record command results, and add up the rejected messages
+by reason and topic family.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from fleet.db import (
     commands,
     devices,
     events,
+    evidence,
     gaps,
     insert_events,
     insert_ignore,
@@ -215,6 +217,9 @@ def _store_events(
         return
     rows = [_event_row(item) for item in new]
     insert_events(conn, rows)
+    verified = [item.evidence for item in new if item.evidence is not None]
+    if verified:  # violations verified at arrival (fleet/evidence.py)
+        conn.execute(insert_ignore(evidence, conn.dialect), verified)
     record_ota(conn, rows)  # the latest ota.* event per device, for the dashboard
     per_device: dict[str, list[int]] = defaultdict(list)
     for row in rows:

@@ -74,6 +74,10 @@ class BrokerConfig:
     extra: list[str] = field(default_factory=list)
     # More mTLS listeners (e.g. an internal one for fleet services next to the device one).
     extra_tls: list[TlsListener] = field(default_factory=list)
+    # mosquitto's dynamic-security plugin and its configuration (``fleet.dynsec``), written to
+    # ``dynsec/dynamic-security.json`` in the broker directory, where the broker may rewrite it.
+    dynsec_json: str | None = None
+    dynsec_plugin: str | None = None
     # ``user`` option: None drops to the mosquitto user when started as root; "root" keeps root,
     # so that files read after the drop (TLS certs, CRL and ACL on reload) stay readable even when
     # another pytest session resets /tmp/pytest-of-root to 0700 meanwhile.
@@ -158,6 +162,13 @@ class MosquittoBroker:
             acl = self.workdir / "acl"
             acl.write_text(cfg.acl_text)
             lines.append(f"acl_file {acl}")
+        if cfg.dynsec_json is not None:
+            if cfg.dynsec_plugin is None:
+                raise BrokerError("dynsec_json needs dynsec_plugin (path of mosquitto_dynamic_security.so)")
+            (self.workdir / "dynsec").mkdir(exist_ok=True)
+            dynsec = self.workdir / "dynsec" / "dynamic-security.json"
+            dynsec.write_text(cfg.dynsec_json)
+            lines += [f"plugin {cfg.dynsec_plugin}", f"plugin_opt_config_file {dynsec}"]
         if cfg.plain_listener:
             lines.append(f"listener {cfg.port} {cfg.host}")
         for index, tls in enumerate(self._tls_listeners()):

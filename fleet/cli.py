@@ -16,6 +16,23 @@ ApiOpt = Annotated[
     ),
 ]
 DEFAULT_API = "http://127.0.0.1:8080"
+TokenFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--token-file",
+        help="File holding the API token (mode 0600); default: the CITYEDGE_TOKEN environment variable.",
+    ),
+]
+
+
+def api_client(api: str, token_file: Path | None) -> Any:
+    """A FleetClient of ``api`` carrying the token of ``token_file`` or CITYEDGE_TOKEN."""
+    from fleet.client import FleetClient, TokenFileError, load_token
+
+    try:
+        return FleetClient(api, token=load_token(token_file))
+    except TokenFileError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -84,15 +101,59 @@ def serve_cmd(
             "--releases", help="Release repository to serve under /tuf/ (its timestamp is kept re-signed)."
         ),
     ] = None,
+    oidc_config: Annotated[
+        Path | None,
+        typer.Option(
+            "--oidc-config",
+            help="TOML file naming the identity provider people sign in with (docs/security-access.md).",
+        ),
+    ] = None,
+    pki: Annotated[
+        Path | None,
+        typer.Option(
+            "--pki",
+            help="City PKI directory: evidence is checked against its device keys, revoked devices are "
+            "shown as revoked, and its CRL is re-signed before it goes stale.",
+        ),
+    ] = None,
+    pki_db: Annotated[
+        str | None,
+        typer.Option(
+            "--pki-db", help="Database URL of the PKI inventory when the PKI directory is elsewhere."
+        ),
+    ] = None,
+    broker_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--broker-dir", help="Broker directory (fleet broker-config) that receives each new CRL."
+        ),
+    ] = None,
+    broker_reload: Annotated[
+        str | None,
+        typer.Option(
+            "--broker-reload", help="Tell the broker to re-read the CRL: pidfile:PATH or systemd:UNIT."
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="HTTPS certificate of the API and dashboard (PEM).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its private key (PEM).")] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Allow plain HTTP on a non-loopback address (behind a TLS proxy only)."
+        ),
+    ] = False,
 ) -> None:
     """Run a fleet worker: ingest from the broker, store, serve the API and dashboard."""
     from pydantic import ValidationError
 
+    from fleet.auth.oidc import OidcConfigError, load_oidc_config
     from fleet.config import FleetConfig, FleetConfigError
     from fleet.evidence import evidence_router_for
     from fleet.ingest import IngestError
     from fleet.procwriter import WriterProcessError
-    from fleet.serve import build_registry, build_signer, load_object, parse_http, serve
+    from fleet.serve import HttpTls, build_registry, build_signer, load_object, parse_http, serve
 
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
@@ -114,6 +175,10 @@ def serve_cmd(
             "max_payload_bytes": max_payload,
             "data_dir": data_dir,
             "writer_process": _writer_mode(writer),
+            "pki_dir": pki,
+            "pki_db_url": pki_db,
+            "broker_dir": broker_dir,
+            "broker_reload": broker_reload,
         }
         if worker_id is not None:
             settings["worker_id"] = worker_id
@@ -124,8 +189,10 @@ def serve_cmd(
             rpc_registry=build_registry(rpc or []),
             router_factories=[evidence_router_for, *(load_object(spec) for spec in router or [])],
             releases_dir=releases,
+            oidc=load_oidc_config(oidc_config) if oidc_config is not None else None,
+            tls=HttpTls(tls_cert, tls_key, insecure),
         )
-    except (FleetConfigError, IngestError, WriterProcessError) as exc:
+    except (FleetConfigError, IngestError, WriterProcessError, OidcConfigError) as exc:
         raise _fail(str(exc)) from exc
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -137,13 +204,14 @@ def devices_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     role: Annotated[str | None, typer.Option(help="Only devices with this role.")] = None,
     online: Annotated[bool, typer.Option("--online", help="Only devices that are online.")] = False,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """List the devices the fleet knows."""
-    from fleet.client import FleetApiError, FleetClient
+    from fleet.client import FleetApiError
     from fleet.clifmt import devices_table, print_table
 
     try:
-        with FleetClient(api) as client:
+        with api_client(api, token_file) as client:
             rows = client.devices(role=role, online=True if online else None)
     except FleetApiError as exc:
         raise _fail(str(exc)) from exc
@@ -162,13 +230,14 @@ def command_cmd(
     ttl: Annotated[float | None, typer.Option(help="Command lifetime in seconds.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     api: ApiOpt = DEFAULT_API,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """Send a command to a device (with --wait: its result; exit 1 if not ok, 2 on timeout)."""
-    from fleet.client import FleetApiError, FleetClient
+    from fleet.client import FleetApiError
 
     args = _parse_args(arg or [])
     try:
-        with FleetClient(api) as client:
+        with api_client(api, token_file) as client:
             command_id = client.send_command(device, name, args, ttl)
             state = client.wait_command(command_id, timeout) if wait else {"id": command_id}
     except FleetApiError as exc:
@@ -196,13 +265,14 @@ def events_cmd(
     limit: Annotated[int, typer.Option(help="How many (newest first).")] = 50,
     kind: Annotated[str | None, typer.Option(help="Only events of this kind.")] = None,
     api: ApiOpt = DEFAULT_API,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """Show a device's latest events."""
-    from fleet.client import FleetApiError, FleetClient
+    from fleet.client import FleetApiError
     from fleet.clifmt import events_table, print_table
 
     try:
-        with FleetClient(api) as client:
+        with api_client(api, token_file) as client:
             rows = client.events(device, limit=limit, kind=kind)
     except FleetApiError as exc:
         raise _fail(str(exc)) from exc
@@ -225,6 +295,9 @@ def register(app: typer.Typer) -> None:
     from fleet.desired_cli import register_desired
 
     register_desired(fleet)  # set-release, clear-release, desired (OTA)
+    from fleet.token_cli import register_access
+
+    register_access(fleet)  # token create|list|revoke, audit-trail
     # Security tools beside the service: signing keys, PKI/broker/revocation/audit, claim tokens.
     from fleet.enroll_cli import register_claims
     from fleet.keys_cli import register_keys

@@ -1,24 +1,68 @@
-"""A small client of the fleet REST API (used by the ``cityedge fleet`` commands)."""
+"""A small client of the fleet REST API (used by the ``cityedge fleet`` commands).
+
+Every request carries ``Authorization: Bearer TOKEN``: an API token (``cityedge fleet token
+create``) from ``--token-file PATH`` (mode 0600) or the ``CITYEDGE_TOKEN`` environment variable.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 DEFAULT_API = "http://127.0.0.1:8080"
 FINAL = ("ok", "error", "rejected", "expired")
+TOKEN_ENV = "CITYEDGE_TOKEN"
 
 
 class FleetApiError(RuntimeError):
     """The fleet API could not be reached or refused the request."""
 
 
+class TokenFileError(FleetApiError):
+    """The token file cannot be used (missing, empty, or readable by others)."""
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``, refused unless only its owner can read it (mode 0600 or 0400)."""
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise TokenFileError(
+                f"token file {path} can be read by other users (mode {stat.S_IMODE(mode):04o}); "
+                f"a token is a password: run `chmod 600 {path}` and try again"
+            )
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise TokenFileError(f"cannot read token file {path}: {exc.strerror or exc}") from exc
+    if not token:
+        raise TokenFileError(
+            f"token file {path} is empty; put the token from `cityedge fleet token create` in it"
+        )
+    return token
+
+
+def load_token(token_file: Path | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """The API token: from ``token_file`` when given, else ``CITYEDGE_TOKEN``; None if neither."""
+    if token_file is not None:
+        return read_token_file(token_file)
+    value = (os.environ if env is None else env).get(TOKEN_ENV, "").strip()
+    return value or None
+
+
 class FleetClient:
-    def __init__(self, base_url: str = DEFAULT_API, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str = DEFAULT_API, timeout: float = 10.0, *, token: str | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers)
+        self._has_token = bool(token)
 
     def close(self) -> None:
         self._http.close()
@@ -42,8 +86,21 @@ class FleetClient:
                 detail = response.json().get("detail", response.text)
             except ValueError:
                 detail = response.text
-            raise FleetApiError(f"fleet API answered {response.status_code}: {detail}")
+            raise FleetApiError(f"fleet API answered {response.status_code}: {detail}{self._hint(response)}")
         return response.json()
+
+    def _hint(self, response: httpx.Response) -> str:
+        if response.status_code == 401 and not self._has_token:
+            return (
+                f" (give an API token: {TOKEN_ENV}=... or --token-file PATH; `cityedge fleet token create`)"
+            )
+        if response.status_code == 401:
+            return (
+                " (the token was not accepted: check it has not expired or been revoked: `fleet token list`)"
+            )
+        if response.status_code == 403:
+            return " (the token's role may not do this; ask for a token with a role that may)"
+        return ""
 
     def devices(self, *, role: str | None = None, online: bool | None = None) -> list[dict[str, Any]]:
         params: dict[str, Any] = {}

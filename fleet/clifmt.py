@@ -41,7 +41,11 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
         telemetry = row.get("telemetry")
         table.add_row(
             row["id"],
-            "[green]online[/green]" if row.get("online") else "[red]offline[/red]",
+            "[bold red]revoked[/bold red]"
+            if row.get("revoked")
+            else "[green]online[/green]"
+            if row.get("online")
+            else "[red]offline[/red]",
             row.get("role") or "-",
             row.get("version") or "-",
             _ago(row.get("last_seen")),

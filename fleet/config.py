@@ -129,6 +129,30 @@ class FleetConfig(BaseModel):
         description="At start, read retained status/shadow for this long (brokers that follow MQTT 5 "
         "send no retained messages on shared subscriptions); 0 turns it off.",
     )
+    pki_dir: Path | None = Field(
+        default=None,
+        description="City PKI directory (`fleet pki init`): evidence is verified against its inventory, "
+        "revoked devices are shown as revoked, and its CRL is re-signed before it goes stale.",
+    )
+    pki_db_url: str | None = Field(
+        default=None,
+        description="Database of the PKI inventory when the PKI directory is not on this host "
+        "(evidence checks and revocations only; the CRL is then kept fresh elsewhere).",
+    )
+    broker_dir: Path | None = Field(
+        default=None,
+        description="Broker directory (`fleet broker-config`): every CRL the service re-signs goes there.",
+    )
+    broker_reload: str | None = Field(
+        default=None,
+        pattern=r"^(pidfile|systemd):.+$",
+        description="How the broker is told to re-read a new CRL: pidfile:PATH (SIGHUP) or systemd:UNIT.",
+    )
+    crl_check_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often the service checks the CRL; it re-signs it once half its lifetime has passed.",
+    )
 
     @field_validator("broker_url")
     @classmethod

@@ -11,10 +11,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from fleet.auth.deps import require
+from fleet.auth.permissions import COMMANDS_SEND, DEVICES_READ
+from fleet.auth.session import csrf_token, signed_in
 from fleet.commands import CommandError
 from fleet.otastate import ota_label, ota_states, ota_tone
 from fleet.service import FleetService
@@ -54,6 +57,8 @@ def make_templates() -> Jinja2Templates:
     templates.env.globals["metric"] = metric
     templates.env.filters["ota_label"] = ota_label
     templates.env.filters["ota_tone"] = ota_tone
+    templates.env.globals["signed_in"] = signed_in  # the session (name, role, CSRF token) or None
+    templates.env.globals["csrf_token"] = csrf_token
     return templates
 
 
@@ -71,7 +76,7 @@ def dashboard_router() -> APIRouter:
             raise HTTPException(404, f"device {device_id!r} is not known to the fleet")
         return row
 
-    @router.get("/", response_class=HTMLResponse)
+    @router.get("/", response_class=HTMLResponse, dependencies=[Depends(require(DEVICES_READ))])
     def index(request: Request) -> Response:
         service = fleet(request)
         context = {
@@ -83,28 +88,32 @@ def dashboard_router() -> APIRouter:
         }
         return templates.TemplateResponse(request, "index.html", context)
 
-    @router.get("/ui/devices", response_class=HTMLResponse)
+    @router.get("/ui/devices", response_class=HTMLResponse, dependencies=[Depends(require(DEVICES_READ))])
     def devices_fragment(request: Request) -> Response:
         store = fleet(request).store
         context = {"devices": store.devices(), "ota": ota_states(store.reader)}
         return templates.TemplateResponse(request, "_devices.html", context)
 
-    @router.get("/ui/events", response_class=HTMLResponse)
+    @router.get("/ui/events", response_class=HTMLResponse, dependencies=[Depends(require(DEVICES_READ))])
     def events_fragment(request: Request) -> Response:
         context = {"events": fleet(request).store.events(None, limit=25), "show_device": True}
         return templates.TemplateResponse(request, "_events.html", context)
 
-    @router.get("/ui/summary", response_class=HTMLResponse)
+    @router.get("/ui/summary", response_class=HTMLResponse, dependencies=[Depends(require(DEVICES_READ))])
     def summary_fragment(request: Request) -> Response:
         service = fleet(request)
         context = {"counts": service.store.counts(), "rate": service.stats.rate(5.0)}
         return templates.TemplateResponse(request, "_summary.html", context)
 
-    @router.get("/devices/{device_id}", response_class=HTMLResponse)
+    @router.get(
+        "/devices/{device_id}", response_class=HTMLResponse, dependencies=[Depends(require(DEVICES_READ))]
+    )
     def device_page(request: Request, device_id: str, cmd: str | None = None) -> Response:
         return templates.TemplateResponse(request, "device.html", _device_context(request, device_id, cmd))
 
-    @router.get("/ui/devices/{device_id}", response_class=HTMLResponse)
+    @router.get(
+        "/ui/devices/{device_id}", response_class=HTMLResponse, dependencies=[Depends(require(DEVICES_READ))]
+    )
     def device_fragment(request: Request, device_id: str, cmd: str | None = None) -> Response:
         context = _device_context(request, device_id, cmd)
         return templates.TemplateResponse(request, "_device_body.html", context)
@@ -120,7 +129,7 @@ def dashboard_router() -> APIRouter:
             "show_device": False,
         }
 
-    @router.post("/devices/{device_id}/ping")
+    @router.post("/devices/{device_id}/ping", dependencies=[Depends(require(COMMANDS_SEND))])
     def ping(request: Request, device_id: str) -> Response:
         device_or_404(request, device_id)
         try:

@@ -148,6 +148,61 @@ ingest_errors = Table(
     UniqueConstraint("reason", "family", name="uq_ingest_errors"),
 )
 
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("role", String(32), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),  # sha256 hex; never the token
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime),
+    Column("revoked_at", UtcDateTime),
+    Column("last_used_at", UtcDateTime),
+)
+"""API tokens for scripts (fleet/auth/tokens.py)."""
+
+audit_trail = Table(
+    "audit_trail",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("ts", UtcDateTime, nullable=False, index=True),
+    Column("subject", Text, nullable=False),
+    Column("role", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("action", Text, nullable=False),
+    Column("devices", JsonType, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+"""The hash-chained, append-only audit trail (fleet/auth/trail.py)."""
+
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("event_id", ID, primary_key=True),
+    Column("device", ID, nullable=False, index=True),
+    Column("kind", String(64), nullable=False),
+    Column("verified_at", UtcDateTime, nullable=False),
+    Column("cert_serial", String(64), nullable=False),
+    Column("key_fingerprint", String(128), nullable=False),
+    Column("images", JsonType, nullable=False),
+)
+"""Violations verified at arrival against the device's certified key (fleet/evidence.py): which
+certificate, and the images (role, sha256, bytes) now in the evidence store."""
+
+device_revocations = Table(
+    "device_revocations",
+    metadata,
+    Column("device", ID, primary_key=True),
+    Column("revoked_at", UtcDateTime, nullable=False),
+    Column("reason", String(64)),
+)
+"""Devices whose every certificate is revoked, copied from the PKI inventory by the fleet service
+(fleet/service.py); the registry shows them as revoked, never online."""
+
 
 def _prepare_sqlite(url: str) -> None:
     database = make_url(url).database

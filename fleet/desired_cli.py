@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from fleet.cli import DEFAULT_API, ApiOpt
+from fleet.cli import DEFAULT_API, ApiOpt, TokenFileOpt, api_client
 
 DevicesArg = Annotated[list[str], typer.Argument(help="Device id(s).", metavar="DEVICE")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -50,13 +51,13 @@ def desired_lines(view: Mapping[str, Any]) -> list[str]:
 
 
 def _each(
-    devices: list[str], api: str, call: Callable[[Any, str], dict[str, Any]]
+    devices: list[str], api: str, call: Callable[[Any, str], dict[str, Any]], token_file: Path | None = None
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    from fleet.client import FleetApiError, FleetClient
+    from fleet.client import FleetApiError
 
     done: dict[str, Any] = {}
     failed: dict[str, str] = {}
-    with FleetClient(api) as client:
+    with api_client(api, token_file) as client:
         for device in devices:
             try:
                 done[device] = call(client, device)
@@ -95,6 +96,7 @@ def set_release_cmd(
     ] = False,
     as_json: JsonOpt = False,
     api: ApiOpt = DEFAULT_API,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """Set the release devices must run (signed desired state, published retained).
 
@@ -105,13 +107,16 @@ def set_release_cmd(
         lambda client, device: client.set_release(
             device, version, target=target, allow_downgrade=allow_downgrade, force=force
         ),
+        token_file,
     )
     _report(done, failed, as_json)
 
 
-def clear_release_cmd(devices: DevicesArg, as_json: JsonOpt = False, api: ApiOpt = DEFAULT_API) -> None:
+def clear_release_cmd(
+    devices: DevicesArg, as_json: JsonOpt = False, api: ApiOpt = DEFAULT_API, token_file: TokenFileOpt = None
+) -> None:
     """Clear the desired release (devices stay on what they run). Exit 1 if any failed."""
-    done, failed = _each(devices, api, lambda client, device: client.clear_release(device))
+    done, failed = _each(devices, api, lambda client, device: client.clear_release(device), token_file)
     _report(done, failed, as_json)
 
 
@@ -119,12 +124,13 @@ def desired_cmd(
     device: Annotated[str, typer.Argument(help="Device id.")],
     as_json: JsonOpt = False,
     api: ApiOpt = DEFAULT_API,
+    token_file: TokenFileOpt = None,
 ) -> None:
     """Show a device's desired release beside the version it runs, and its latest OTA progress."""
-    from fleet.client import FleetApiError, FleetClient
+    from fleet.client import FleetApiError
 
     try:
-        with FleetClient(api) as client:
+        with api_client(api, token_file) as client:
             view = client.desired(device)
     except FleetApiError as exc:
         typer.echo(f"error: {exc}", err=True)

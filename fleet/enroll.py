@@ -22,10 +22,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleet.auth.deps import require
+from fleet.auth.permissions import PUBLIC
 from fleet.claims import ClaimError, ClaimStore, check_role_site
+from fleet.dynsec import BrokerAccessError
 from fleet.pki import CityPKI
 from fleet.pki_errors import CertificateExpired, CertificateRevoked, CSRRejected, InvalidCertificate, PKIError
 from fleet.pki_store import IssuedCert
@@ -87,6 +90,10 @@ class EnrollService:
     cert_days: int = 365
     on_revoked: Callable[[list[IssuedCert]], None] | None = field(default=None)
     """Called after a decommission or replacement revoked certificates (e.g. reload the broker)."""
+    on_enrolling: Callable[[str], object] | None = field(default=None)
+    """Called with the device id before its certificate is signed (``BrokerAccess.grant_device``:
+    the city broker refuses identities its access list does not name). BrokerAccessError refuses
+    the enrolment with 503 and leaves the claim usable."""
 
     def _bundle(self, device_id: str, cert_pem: bytes) -> dict[str, Any]:
         root, key_list = self.trust()
@@ -129,6 +136,13 @@ class EnrollService:
                     f"device id {device_id} is already enrolled on another unit; decommission it first, "
                     f"or create a replacement claim with --device-id {device_id}",
                 )
+            if self.on_enrolling is not None:
+                try:
+                    self.on_enrolling(device_id)
+                except BrokerAccessError as exc:
+                    raise HTTPException(
+                        503, f"the broker could not be prepared for {device_id} ({exc}); try again shortly"
+                    ) from exc
             cert = self.pki.sign_device_csr(req.csr_pem, device_id, days=self.cert_days)
         except BaseException:
             self.claims.release(claim.token_hash)
@@ -199,28 +213,28 @@ def enroll_router(service: EnrollService, clock: Callable[[], datetime] | None =
     router = APIRouter(prefix="/api", tags=["enrolment"])
     now = clock or service.pki.now
 
-    @router.post("/enroll")
+    @router.post("/enroll", dependencies=[Depends(require(PUBLIC))])
     def enroll(body: EnrollRequest) -> dict[str, Any]:
         try:
             return service.enroll(body)
         except _HANDLED as exc:
             raise _http(exc) from exc
 
-    @router.post("/renew")
+    @router.post("/renew", dependencies=[Depends(require(PUBLIC))])
     def renew(body: RenewRequest) -> dict[str, Any]:
         try:
             return service.renew(body)
         except _HANDLED as exc:
             raise _http(exc) from exc
 
-    @router.post("/decommission")
+    @router.post("/decommission", dependencies=[Depends(require(PUBLIC))])
     def decommission(body: DecommissionRequest) -> dict[str, Any]:
         try:
             return service.decommission(body, now())
         except _HANDLED as exc:
             raise _http(exc) from exc
 
-    @router.get("/crl", response_class=Response)
+    @router.get("/crl", response_class=Response, dependencies=[Depends(require(PUBLIC))])
     def crl() -> Response:
         path = service.pki.directory / "crl.pem"
         data = path.read_bytes() if path.exists() else service.pki.crl_pem()
@@ -237,16 +251,39 @@ def build_enroll_router(
     crl_url: str | None = None,
     cert_days: int = 365,
     on_revoked: Callable[[list[IssuedCert]], None] | None = None,
+    broker_dir: Path | None = None,
+    broker_admin: Path | None = None,
 ) -> APIRouter:
-    """The enrolment router of a fleet whose key ring and claims live in ``fleet_data_dir``."""
+    """The enrolment router of a fleet whose key ring and claims live in ``fleet_data_dir``.
+
+    With ``broker_dir`` (``fleet broker-config``) and ``broker_admin`` (a broker admin identity
+    folder), each device is granted on the running broker before its certificate is issued, and
+    revoked ones are removed from it (and disconnected)."""
+    pki = CityPKI.load(pki_dir)
+    on_enrolling: Callable[[str], object] | None = None
+    after_revoke = on_revoked
+    if broker_dir is not None and broker_admin is not None:
+        from fleet.brokerconf import BrokerAccess
+
+        access = BrokerAccess(pki, broker_dir, broker_admin)
+        on_enrolling = access.grant_device
+
+        def after_revoke(records: list[IssuedCert]) -> None:
+            try:
+                access.update({r.subject for r in records})
+            finally:
+                if on_revoked is not None:
+                    on_revoked(records)
+
     service = EnrollService(
-        CityPKI.load(pki_dir),
+        pki,
         ClaimStore.open(Path(fleet_data_dir) / "claims.db"),
         keyring_trust(fleet_data_dir),
         broker_url,
         crl_url=crl_url,
         cert_days=cert_days,
-        on_revoked=on_revoked,
+        on_revoked=after_revoke,
+        on_enrolling=on_enrolling,
     )
     return enroll_router(service)
 
@@ -255,7 +292,9 @@ def router_from_env(_service: object = None) -> APIRouter:
     """Plug-in for ``cityedge fleet serve --router fleet.enroll:router_from_env``.
 
     Reads CITYEDGE_FLEET_DATA (key ring + claims.db, default var/fleet), CITYEDGE_PKI_DIR
-    (default var/pki), CITYEDGE_DEVICE_BROKER_URL (the mqtts:// URL devices use) and CITYEDGE_CRL_URL.
+    (default var/pki), CITYEDGE_DEVICE_BROKER_URL (the mqtts:// URL devices use), CITYEDGE_CRL_URL,
+    and CITYEDGE_BROKER_DIR + CITYEDGE_BROKER_ADMIN (broker directory and broker admin identity
+    folder: devices are granted on the broker as they enrol).
     """
     broker_url = os.environ.get("CITYEDGE_DEVICE_BROKER_URL")
     if not broker_url:
@@ -265,4 +304,11 @@ def router_from_env(_service: object = None) -> APIRouter:
         Path(os.environ.get("CITYEDGE_PKI_DIR", "var/pki")),
         broker_url,
         crl_url=os.environ.get("CITYEDGE_CRL_URL") or None,
+        broker_dir=_env_path("CITYEDGE_BROKER_DIR"),
+        broker_admin=_env_path("CITYEDGE_BROKER_ADMIN"),
     )
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None

@@ -80,6 +80,8 @@ class Inbound:
     detail: str = ""
     retained: bool = False
     ack: Callable[[], None] | None = None
+    evidence: dict[str, Any] | None = None
+    """For a violation verified at arrival: its ``evidence`` row (``fleet.evidence.EvidenceIntake``)."""
 
     @property
     def ok(self) -> bool:
@@ -198,8 +200,8 @@ def evidence_problem(envelope: dict[str, Any]) -> str | None:
     """What is wrong with an evidence envelope on arrival, or None.
 
     The contract requires a signature on evidence, and the envelope lists the sha256 of each image;
-    images sent inline must hash to it. (Uploaded images are checked by the evidence store, and the
-    signature against the device key by ``fleet.evidence.verify_evidence``.)
+    images sent inline must hash to it. This is the cheap, key-less part; the signature is then
+    checked against the device's certified key by the writer (``fleet.evidence.EvidenceIntake``).
     """
     if not isinstance(envelope.get("sig"), dict):
         return "evidence event is not signed (PROTOCOL.md: sig is required for traffic.violation)"

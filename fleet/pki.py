@@ -9,9 +9,11 @@ Layout of a PKI directory (created by ``CityPKI.init``, mode 0700, keys 0600)::
     issuing/issuing.crt  issuing CA certificate
     issuing/chain.pem    issuing + root
     trust-bundle.pem     root + issuing: what devices and the broker trust
-    crl.pem              current CRL, signed by the issuing CA (refreshed by every revoke)
-    inventory.sqlite     every certificate issued (serial, subject, validity, key fingerprint, revoked)
-    pki.json             settings (city, CRL lifetime)
+    crl.pem              current CRL, signed by the issuing CA (refreshed by every revoke, and by
+                         the fleet service before half its lifetime has passed: ``fleet.crlkeeper``)
+    inventory.sqlite     every certificate issued (serial, subject, validity, key, PEM, revoked);
+                         or in the database named by ``db_url`` in pki.json (``fleet.pki_store``)
+    pki.json             settings (city, CRL lifetime, inventory database URL)
 
 Devices keep their own keys (``hw.keystore``): the PKI signs their CSRs, never sees the keys.
 """
@@ -29,6 +31,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy.exc import SQLAlchemyError
 
 from fleet.pki_errors import (
     CertificateExpired,
@@ -41,10 +44,19 @@ from fleet.pki_errors import (
     UnknownCertificate,
 )
 from fleet.pki_revoke import build_crl, parse_reason
-from fleet.pki_store import CertKind, Inventory, IssuedCert, atomic_write, file_lock
+from fleet.pki_store import (
+    CertKind,
+    Inventory,
+    InventoryError,
+    IssuedCert,
+    atomic_write,
+    file_lock,
+    inventory_url,
+)
 from fleet.pki_x509 import (
     CLOCK_SKEW,
     DEVICE_URI_PREFIX,
+    SERVICE_OU,
     SERVICE_URI_PREFIX,
     LeafSpec,
     ca_certificate,
@@ -55,6 +67,8 @@ from fleet.pki_x509 import (
     load_cert,
     load_csr,
     load_private_key,
+    name_constrained_anchor,
+    service_subtree,
     split_hostnames,
     strong_public_key,
 )
@@ -97,7 +111,12 @@ class CityPKI:
     """Offline root + online issuing CA in ``directory``. Build with ``init`` or ``load``."""
 
     def __init__(
-        self, directory: Path, *, clock: Clock | None = None, build_time: datetime = BUILD_TIME
+        self,
+        directory: Path,
+        *,
+        clock: Clock | None = None,
+        build_time: datetime = BUILD_TIME,
+        inventory: Inventory | None = None,
     ) -> None:
         self.directory = Path(directory)
         self._clock: Clock = clock or utc_now
@@ -116,7 +135,10 @@ class CityPKI:
             ) from exc
         except (ValueError, KeyError) as exc:
             raise PKIError(f"the PKI settings in {self.directory}/pki.json are damaged") from exc
-        self.inventory = Inventory(self.directory / "inventory.sqlite")
+        try:
+            self.inventory = inventory or Inventory(inventory_url(self.directory))
+        except (InventoryError, SQLAlchemyError) as exc:
+            raise PKIError(f"the certificate inventory of {self.directory} cannot be opened: {exc}") from exc
 
     # ---- creation -------------------------------------------------------------------------
     @classmethod
@@ -130,8 +152,12 @@ class CityPKI:
         crl_days: int = 7,
         clock: Clock | None = None,
         build_time: datetime = BUILD_TIME,
+        db_url: str | None = None,
     ) -> CityPKI:
-        """Create root and issuing CAs in ``directory`` (which must not hold a PKI yet)."""
+        """Create root and issuing CAs in ``directory`` (which must not hold a PKI yet).
+
+        ``db_url`` (e.g. ``postgresql+psycopg://...``) keeps the certificate inventory in that
+        database instead of ``inventory.sqlite``; it is written to pki.json (mode 0600)."""
         directory = Path(directory)
         if (directory / "pki.json").exists():
             raise PKIExists(f"{directory} already holds a city PKI; refusing to overwrite it")
@@ -170,8 +196,11 @@ class CityPKI:
         atomic_write(directory / "issuing" / "issuing.crt", cert_pem(issuing))
         atomic_write(directory / "issuing" / "chain.pem", cert_pem(issuing) + cert_pem(root))
         atomic_write(directory / "trust-bundle.pem", cert_pem(root) + cert_pem(issuing))
-        settings = {"city": city, "crl_days": crl_days, "created": format_ts(now)}
-        atomic_write(directory / "pki.json", json.dumps(settings, indent=2).encode())
+        settings: dict[str, object] = {"city": city, "crl_days": crl_days, "created": format_ts(now)}
+        if db_url:
+            settings["db_url"] = db_url
+        mode = 0o600 if db_url else 0o644  # a database URL may hold a password
+        atomic_write(directory / "pki.json", json.dumps(settings, indent=2).encode(), mode)
         pki = cls(directory, clock=clock, build_time=build_time)
         pki.crl_pem()
         return pki
@@ -231,6 +260,7 @@ class CityPKI:
                 fingerprint=fingerprint(spec.public_key),
                 key_type=describe_key(spec.public_key),
                 issued_at=self.now(),
+                cert_pem=cert_pem(cert).decode("ascii"),
             )
         )
         return cert
@@ -282,7 +312,8 @@ class CityPKI:
         return self._device_cert(key, device_id, days)
 
     def issue_service_identity(self, name: str, *, days: int = 365) -> tuple[bytes, bytes]:
-        """Key + certificate for a fleet service (CN ``fleet-...``, clientAuth); PEM bytes."""
+        """Key + certificate for a fleet service (CN ``fleet-...``, OU ``fleet services``,
+        clientAuth); PEM bytes."""
         if not SERVICE_NAME_RE.match(name):
             raise PKIError(
                 f"invalid service name {name!r}: service identities are 'fleet-' followed by "
@@ -296,8 +327,25 @@ class CityPKI:
             not_before=not_before,
             not_after=not_after,
             uris=(SERVICE_URI_PREFIX + name,),
+            ou=SERVICE_OU,
         )
         return key_pem(key), cert_pem(self._issue(spec, "service"))
+
+    def service_listener_anchor_pem(self) -> bytes:
+        """The trust anchor (``cafile``) of the broker's fleet listener: the issuing CA's name and
+        key, self-signed, with name constraints that admit fleet service certificates only (subject
+        ``O=<city>, OU=fleet services``). A device certificate fails the TLS handshake there, even
+        with its whole chain; the issuing CA's CRL still applies. Valid as long as the issuing CA.
+        """
+        now = self.now()
+        anchor = name_constrained_anchor(
+            self._issuing_cert,
+            self._issuing_key,
+            service_subtree(self.org),
+            not_before=now - CLOCK_SKEW,
+            not_after=self._issuing_cert.not_valid_after_utc,
+        )
+        return cert_pem(anchor)
 
     def issue_server_cert(self, hostnames: Sequence[str], *, days: int = 365) -> tuple[bytes, bytes]:
         """Key + serverAuth certificate for the broker; names may be DNS names or IP addresses."""

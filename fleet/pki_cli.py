@@ -63,14 +63,25 @@ def _pki_app() -> typer.Typer:
         city: Annotated[str, typer.Option(help="City name in the CA names.")] = "Hanoi",
         root_days: Annotated[int, typer.Option(help="Root CA lifetime in days.")] = 7300,
         issuing_days: Annotated[int, typer.Option(help="Issuing CA lifetime in days.")] = 1825,
-        crl_days: Annotated[int, typer.Option(help="CRL lifetime in days (refresh it daily).")] = 7,
+        crl_days: Annotated[
+            int, typer.Option(help="CRL lifetime in days (`fleet serve --pki` re-signs it at half-life).")
+        ] = 7,
+        db: Annotated[
+            str | None,
+            typer.Option(help="Keep the certificate inventory in this database (e.g. PostgreSQL URL)."),
+        ] = None,
     ) -> None:
         """Create the root and issuing CAs."""
         from fleet.pki import CityPKI
 
         try:
             CityPKI.init(
-                pki_dir, city=city, root_days=root_days, issuing_days=issuing_days, crl_days=crl_days
+                pki_dir,
+                city=city,
+                root_days=root_days,
+                issuing_days=issuing_days,
+                crl_days=crl_days,
+                db_url=db,
             )
         except _errors() as exc:
             _fail(str(exc))
@@ -101,7 +112,7 @@ def _pki_app() -> typer.Typer:
         out: Annotated[Path, typer.Option(help="Directory for cert.pem, key.pem (0600) and ca.pem.")],
         days: Annotated[int, typer.Option(help="Certificate lifetime in days.")] = 365,
     ) -> None:
-        """Issue a fleet service identity (then re-run broker-config so the ACL lists it)."""
+        """Issue a fleet service identity (then `fleet broker-sync` so the broker lists it)."""
         from fleet.pki import CityPKI
 
         try:
@@ -113,13 +124,13 @@ def _pki_app() -> typer.Typer:
             (out / "ca.pem").write_bytes(pki.trust_bundle_pem())
         except _errors() as exc:
             _fail(str(exc))
-        typer.echo(f"identity {name} written to {out}; refresh the broker ACL (fleet broker-config)")
+        typer.echo(f"identity {name} written to {out}; grant it on the broker: cityedge fleet broker-sync")
 
     @app.command("crl")
     def crl(
         pki_dir: PkiDir, broker_dir: BrokerDir = None, pidfile: Pidfile = None, unit: Unit = None
     ) -> None:
-        """Re-sign the CRL (run daily: a CRL past its next update locks every device out)."""
+        """Re-sign the CRL now (`fleet serve --pki` does it by itself; a stale CRL locks devices out)."""
         from fleet.brokerconf import refresh_broker_files
         from fleet.pki import CityPKI
 
@@ -134,6 +145,33 @@ def _pki_app() -> typer.Typer:
         except _errors() as exc:
             _fail(str(exc))
         typer.echo("CRL refreshed")
+
+    @app.command("move-inventory")
+    def move_inventory(
+        pki_dir: PkiDir,
+        db: Annotated[str, typer.Option(help="Database URL to move the inventory to (must be empty).")],
+    ) -> None:
+        """Copy the certificate inventory into another database (e.g. PostgreSQL) and use it from now on."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from fleet.pki_store import Inventory, InventoryError, atomic_write, inventory_url
+
+        errors: tuple[type[BaseException], ...] = (*_errors(), InventoryError, SQLAlchemyError, KeyError)
+        try:
+            settings = json.loads((pki_dir / "pki.json").read_text())
+            source, target = Inventory(inventory_url(pki_dir)), Inventory(db)
+            try:
+                copied = source.copy_to(target)
+            finally:
+                source.dispose()
+                target.dispose()
+            settings["db_url"] = db
+            atomic_write(pki_dir / "pki.json", json.dumps(settings, indent=2).encode(), 0o600)
+        except errors as exc:
+            _fail(str(exc))
+        typer.echo(
+            f"{copied} certificate(s) copied to {target.display_url}; {pki_dir}/pki.json now points there"
+        )
 
     @app.command("list")
     def list_certs(pki_dir: PkiDir, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -168,7 +206,7 @@ def _revoke_command(fleet_app: typer.Typer) -> None:
             Path | None, typer.Option(help="Service identity dir (cert.pem, key.pem) used to disconnect it.")
         ] = None,
     ) -> None:
-        """Revoke a device in one step: PKI, CRL + ACL in the broker dir, reload, disconnect."""
+        """Revoke a device in one step: PKI, CRL + access list in the broker dir, reload, disconnect."""
         from fleet.brokerconf import SETTINGS_FILE, BrokerSecurity
         from fleet.pki import CityPKI
         from fleet.revocation import KickVia, revoke_everywhere
@@ -201,11 +239,18 @@ def _revoke_command(fleet_app: typer.Typer) -> None:
         if not report.revoked:
             typer.echo(f"{target} was already revoked; CRL re-issued")
         if report.broker_files_updated:
-            typer.echo(f"CRL and ACL updated in {broker_dir}")
+            typer.echo(f"CRL and access list file updated in {broker_dir}")
         if report.broker_reloaded:
             typer.echo("broker reloaded (SIGHUP): new connections with this certificate are refused")
         else:
             typer.echo("reload the broker now (systemctl reload mosquitto) so that it reads the new CRL")
+        if report.access_updated:
+            typer.echo(f"{target} removed from the running broker's access list")
+        elif broker_dir is not None and kick is None:
+            typer.echo(
+                "drop it from the running broker's access list now: cityedge fleet broker-sync "
+                f"--pki {pki_dir} --broker-dir {broker_dir} --identity ADMIN_DIR"
+            )
         if report.kicked:
             typer.echo(f"{target}'s connection was closed")
         for problem in report.problems:
@@ -218,7 +263,9 @@ def _broker_config_command(fleet_app: typer.Typer) -> None:
     @fleet_app.command("broker-config")
     def broker_config(
         pki_dir: PkiDir,
-        out: Annotated[Path, typer.Option(help="Directory for mosquitto.conf, acl, certificates, CRL.")],
+        out: Annotated[
+            Path, typer.Option(help="Directory for mosquitto.conf, access list, certificates, CRL.")
+        ],
         hostname: Annotated[
             list[str], typer.Option(help="Broker DNS name or IP for its certificate (repeat).")
         ] = ["localhost", "127.0.0.1"],  # noqa: B006 (typer needs a literal default)
@@ -235,10 +282,21 @@ def _broker_config_command(fleet_app: typer.Typer) -> None:
             "/var/lib/mosquitto/"
         ),
         renew_server_cert: Annotated[bool, typer.Option(help="Issue a new broker certificate.")] = False,
+        broker_admin: Annotated[
+            list[str],
+            typer.Option(help="Service identity that manages the access list (repeat); nothing else."),
+        ] = ["fleet-admin"],  # noqa: B006 (typer needs a literal default)
+        dynsec_plugin: Annotated[
+            str | None, typer.Option(help="Path of mosquitto_dynamic_security.so (default: found).")
+        ] = None,
     ) -> None:
-        """Write the city broker's mosquitto configuration (mTLS, CRL, per-device ACL)."""
-        from fleet.brokerconf import BrokerSecurity, write_broker_files
+        """Write the city broker's mosquitto configuration (mTLS, CRL, per-identity access list
+        checked at subscribe time, fleet listener for service certificates only)."""
+        from fleet.brokerconf import BrokerSecurity, pki_access_list, write_broker_files
+        from fleet.dynsec import BrokerAccessError
         from fleet.pki import CityPKI
+
+        errors: tuple[type[BaseException], ...] = (*_errors(), BrokerAccessError)
 
         if fleet_listener not in ("mtls", "plain-localhost", "none"):
             _fail("--fleet-listener must be mtls, plain-localhost or none")
@@ -252,15 +310,55 @@ def _broker_config_command(fleet_app: typer.Typer) -> None:
                 fleet_port=fleet_port,
                 server_names=hostname,
                 persistence_dir=persistence_dir,
+                broker_admins=broker_admin,
+                dynsec_plugin=dynsec_plugin,
             )
-            passwords = write_broker_files(
-                CityPKI.load(pki_dir), out, security, renew_server_cert=renew_server_cert
-            )
-        except _errors() as exc:
+            pki = CityPKI.load(pki_dir)
+            passwords = write_broker_files(pki, out, security, renew_server_cert=renew_server_cert)
+            access = pki_access_list(pki, security)
+        except errors as exc:
             _fail(str(exc))
+        devices = sum(1 for refs in access.clients.values() for role, _ in refs if role.startswith("device:"))
         typer.echo(f"broker configuration written to {out} (run: mosquitto -c {out / 'mosquitto.conf'})")
+        typer.echo(
+            f"access list: {devices} device(s), {len(access.clients) - devices} service(s); a running "
+            "broker picks it up with `cityedge fleet broker-sync` (or a restart)"
+        )
+        if not any(role == "broker-admin" for refs in access.clients.values() for role, _ in refs):
+            typer.echo(
+                f"no broker admin identity yet ({', '.join(security.broker_admins) or 'none named'}): issue "
+                "one (cityedge fleet pki service --name fleet-admin) and re-run broker-config, or the "
+                "broker learns new devices only when it restarts"
+            )
         for name, password in passwords.items():
             typer.echo(f"password for {name} on the plain fleet listener: {password}")
+
+
+def _broker_sync_command(fleet_app: typer.Typer) -> None:
+    @fleet_app.command("broker-sync")
+    def broker_sync(
+        pki_dir: PkiDir,
+        broker_dir: Annotated[Path, typer.Option(help="Broker directory made by `fleet broker-config`.")],
+        identity: Annotated[
+            Path, typer.Option(help="Broker admin identity dir (cert.pem, key.pem), e.g. fleet-admin.")
+        ],
+    ) -> None:
+        """Bring a running broker's access list in line with the PKI (new devices and services in,
+        revoked ones out and disconnected); also rewrites its file for the next start."""
+        from fleet.brokerconf import BrokerAccess, refresh_broker_files
+        from fleet.dynsec import BrokerAccessError
+        from fleet.pki import CityPKI
+
+        errors: tuple[type[BaseException], ...] = (*_errors(), BrokerAccessError)
+        try:
+            pki = CityPKI.load(pki_dir)
+            refresh_broker_files(pki, broker_dir)
+            changes = BrokerAccess(pki, broker_dir, identity).sync()
+        except errors as exc:
+            _fail(str(exc))
+        typer.echo(f"broker access list: {changes.summary()}")
+        for name in changes.deleted_clients:
+            typer.echo(f"removed (and disconnected): {name}")
 
 
 def _audit_command(fleet_app: typer.Typer) -> None:
@@ -301,10 +399,11 @@ def _audit_command(fleet_app: typer.Typer) -> None:
 
 
 def register_pki(fleet_app: typer.Typer) -> None:
-    """Add ``pki``, ``revoke``, ``broker-config`` and ``audit`` to the ``fleet`` group."""
+    """Add ``pki``, ``revoke``, ``broker-config``, ``broker-sync`` and ``audit`` to the ``fleet`` group."""
     fleet_app.add_typer(_pki_app(), name="pki")
     _revoke_command(fleet_app)
     _broker_config_command(fleet_app)
+    _broker_sync_command(fleet_app)
     _audit_command(fleet_app)
 
 

@@ -18,6 +18,9 @@ from protocol.keys import PrivateKey, PublicKey, WeakKeyError, check_strong_key,
 
 DEVICE_URI_PREFIX = "urn:cityedge:device:"
 SERVICE_URI_PREFIX = "urn:cityedge:service:"
+# Fleet service certificates carry this OU (devices never do): the broker's fleet listener trusts a
+# name-constrained anchor that admits only subjects under O=<city org>, OU=SERVICE_OU.
+SERVICE_OU = "fleet services"
 CLOCK_SKEW = timedelta(minutes=5)
 # cryptography raises InvalidVersion (not a ValueError) for a bad version field.
 _PARSE_ERRORS = (ValueError, TypeError, UnsupportedAlgorithm, IndexError, UnicodeError, x509.InvalidVersion)
@@ -99,11 +102,23 @@ class LeafSpec:
     uris: Sequence[str] = ()
     dns: Sequence[str] = ()
     ips: Sequence[str] = ()
+    ou: str | None = None
 
 
-def _name(cn: str, org: str) -> x509.Name:
+def _name(cn: str, org: str, ou: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org)]
+    if ou is not None:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
+    return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def service_subtree(org: str) -> x509.Name:
+    """The subject prefix every fleet service certificate has (O=org, OU=SERVICE_OU)."""
     return x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, SERVICE_OU),
+        ]
     )
 
 
@@ -152,7 +167,7 @@ def leaf_certificate(
     eku = ExtendedKeyUsageOID.SERVER_AUTH if spec.server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(spec.cn, org))
+        .subject_name(_name(spec.cn, org, spec.ou))
         .issuer_name(issuer.subject)
         .public_key(spec.public_key)
         .serial_number(x509.random_serial_number())
@@ -171,6 +186,43 @@ def leaf_certificate(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     return builder.sign(issuer_key, signature_hash(issuer_key))
+
+
+def name_constrained_anchor(
+    ca: x509.Certificate,
+    key: PrivateKey,
+    permitted: x509.Name,
+    *,
+    not_before: datetime,
+    not_after: datetime,
+) -> x509.Certificate:
+    """A self-signed twin of ``ca`` (same subject and key) whose name constraints admit only leaf
+    subjects under ``permitted``.
+
+    Used as the *only* trust anchor of a TLS listener, it accepts the leaves ``ca`` signed whose
+    subject starts with ``permitted`` and refuses the others, even when a client sends the real
+    chain up to the root (the root is not trusted there, and OpenSSL applies an anchor's name
+    constraints). CRLs signed by ``ca`` verify against it (same name, same key).
+    """
+    return (
+        x509.CertificateBuilder()
+        .subject_name(ca.subject)
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .add_extension(
+            x509.NameConstraints(permitted_subtrees=[x509.DirectoryName(permitted)], excluded_subtrees=None),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, signature_hash(key))
+    )
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:

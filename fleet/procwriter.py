@@ -29,6 +29,7 @@ from typing import Any
 from fleet.apply import BatchOutcome
 from fleet.batchqueue import BatchQueue
 from fleet.config import FleetConfig
+from fleet.devicekeys import build_intake, open_inventory
 from fleet.inbound import Inbound, Received
 from fleet.stats import IngestStats
 from fleet.store import Store
@@ -85,6 +86,7 @@ def child_main(conn: Connection, config_data: dict[str, Any], floor: float, log_
     try:
         store = Store(config.db_url)
         store.ping()
+        inventory = open_inventory(config.pki_dir, config.pki_db_url)
     except Exception as exc:  # reported to the fleet process, which refuses to start
         send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -96,6 +98,7 @@ def child_main(conn: Connection, config_data: dict[str, Any], floor: float, log_
         max_bytes=config.max_bytes_for,
         retained_floor=datetime.fromtimestamp(floor, timezone.utc),
         on_committed=committed,
+        evidence=build_intake(config.data_dir, inventory),
     )
     send(("ready",))
     try:
@@ -104,6 +107,8 @@ def child_main(conn: Connection, config_data: dict[str, Any], floor: float, log_
         pass  # the fleet process is stopping or gone (pipe closed or reset)
     finally:
         store.dispose()
+        if inventory is not None:
+            inventory.dispose()
     with contextlib.suppress(OSError):
         send(("stopped",))
 

@@ -2,12 +2,14 @@
 
 What mosquitto 2.0.11 does (checked by ``tests/security/test_sec_broker_tls.py``):
 
-- SIGHUP re-reads the ``crlfile`` and the ACL; a revoked certificate cannot open a new TLS
-  connection afterwards. No restart is needed.
-- SIGHUP does **not** close connections that are already open. The regenerated ACL denies a
-  revoked identity everything (``topic deny #``), so such a connection can no longer publish or
-  receive anything; ``kick`` then closes it by taking over its client id from the fleet listener
-  (MQTT session takeover); its reconnection fails the TLS handshake.
+- SIGHUP re-reads the ``crlfile``; a revoked certificate cannot open a new TLS connection
+  afterwards. No restart is needed.
+- SIGHUP does **not** close connections that are already open, and does not reload the access
+  list (mosquitto's dynamic-security plugin reads its file only at start). With a broker admin
+  identity (``kick_via``), the revoked identity is deleted from the running broker's access list
+  (``fleet.brokerconf.BrokerAccess.update``): the plugin disconnects it and it has no rights left;
+  ``kick`` then also takes over its client id from the fleet listener (MQTT session takeover, clean
+  start) so that its session is gone; its reconnection fails the TLS handshake.
 - The revoked device's will is published under its own (now denied) identity, so its retained
   ``status`` keeps saying ``online: true``: the fleet registry must show revoked devices as such.
 """
@@ -25,7 +27,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleet.brokerconf import refresh_broker_files
+from fleet.brokerconf import BrokerAccess, refresh_broker_files
+from fleet.dynsec import BrokerAccessError, BrokerEndpoint
 from fleet.pki import CityPKI, PKIError
 from fleet.pki_store import IssuedCert
 
@@ -40,6 +43,7 @@ class RevocationReport:
     revoked: list[IssuedCert]
     broker_files_updated: bool = False
     broker_reloaded: bool = False
+    access_updated: bool = False
     kicked: bool | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -124,6 +128,15 @@ def revoke_everywhere(
             report.broker_reloaded = True
         except ReloadError as exc:
             report.problems.append(str(exc))
+    if kick_via is not None and broker_dir is not None:
+        endpoint = BrokerEndpoint(kick_via.host, kick_via.port, kick_via.ca, kick_via.cert, kick_via.key)
+        try:
+            BrokerAccess(pki, broker_dir, endpoint=endpoint).update(
+                {r.subject for r in report.revoked} or {target}
+            )
+            report.access_updated = True
+        except (BrokerAccessError, OSError, ValueError) as exc:
+            report.problems.append(f"could not update the broker's access list: {exc}")
     if kick_via is not None and not target.startswith("0x"):
         report.kicked = kick(kick_via, target)
         if not report.kicked:

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import ipaddress
 import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,7 @@ from fleet.rpc import RpcRegistry, RpcService, default_registry
 from fleet.service import FleetService
 
 if TYPE_CHECKING:
+    from fleet.auth.oidc import OidcConfig
     from fleet.releases.serve import TimestampResigner
 
 log = logging.getLogger(__name__)
@@ -125,6 +128,47 @@ def _quiet_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+@dataclass(frozen=True)
+class HttpTls:
+    """The HTTPS listener's certificate and key (from the city PKI: ``fleet pki server``), or
+    ``insecure`` to allow plain HTTP on a non-loopback address anyway."""
+
+    cert: Path | None = None
+    key: Path | None = None
+    insecure: bool = False
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, tls: HttpTls | None) -> None:
+    """Refuse plain HTTP on a non-loopback address unless ``insecure`` (then warn at every start)."""
+    tls = tls or HttpTls()
+    if (tls.cert is None) != (tls.key is None):
+        raise FleetConfigError("--tls-cert and --tls-key go together")
+    for path in (tls.cert, tls.key):
+        if path is not None and not path.is_file():
+            raise FleetConfigError(f"{path}: no such file (the HTTPS certificate and key)")
+    if tls.cert is not None or is_loopback(host):
+        return
+    if not tls.insecure:
+        raise FleetConfigError(
+            f"refusing to serve the fleet API on {host} without TLS: give --tls-cert and --tls-key "
+            "(e.g. from `cityedge fleet pki server`), or --insecure if a TLS proxy sits in front"
+        )
+    log.warning(
+        "INSECURE: the fleet API and dashboard on %s are plain HTTP: tokens and sessions cross the "
+        "network unencrypted (--insecure)",
+        host,
+    )
+
+
 def serve(
     config: FleetConfig,
     *,
@@ -132,15 +176,20 @@ def serve(
     rpc_registry: RpcRegistry | None = None,
     router_factories: Sequence[Callable[[FleetService], APIRouter]] = (),
     releases_dir: Path | None = None,
+    oidc: OidcConfig | None = None,
+    tls: HttpTls | None = None,
 ) -> None:
     """Start the worker and serve HTTP until SIGINT/SIGTERM; then drain and stop.
 
     With ``releases_dir`` the release repository is served under ``/tuf/`` and its timestamp is
-    re-signed in the background while the service runs."""
+    re-signed in the background while the service runs. With ``oidc`` people sign in to the
+    dashboard through the city's identity provider, without it with an API token (``/login``);
+    failed sign-ins are rate-limited per address in any case."""
     import uvicorn
 
     from fleet.api import create_app
 
+    check_exposure(config.http_host, tls)
     releases = build_releases(releases_dir) if releases_dir is not None else None
     service = FleetService(config, signer=signer, rpc_registry=rpc_registry)
     service.start()
@@ -150,10 +199,30 @@ def serve(
             routers.append(releases[0])
             releases[1].start()
         app = create_app(service, extra_routers=routers)
+        if oidc is not None:
+            from fleet.auth.session import install_oidc
+
+            install_oidc(app, oidc)
+        else:
+            from fleet.auth.tokensignin import install_token_signin
+
+            https = tls is not None and tls.cert is not None
+            install_token_signin(app, secure_cookies=https)
+        from fleet.auth.oidc import RateLimitSettings
+        from fleet.auth.ratelimit import install_signin_limit
+
+        limits = oidc.rate_limit if oidc is not None else RateLimitSettings()
+        install_signin_limit(app, limits.failures, limits.window_s)  # outermost: added last
+        tls_options: dict[str, Any] = {}
+        if tls is not None and tls.cert is not None and tls.key is not None:
+            tls_options = {"ssl_certfile": str(tls.cert), "ssl_keyfile": str(tls.key)}
         server = uvicorn.Server(
-            uvicorn.Config(app, host=config.http_host, port=config.http_port, log_level="warning")
+            uvicorn.Config(
+                app, host=config.http_host, port=config.http_port, log_level="warning", **tls_options
+            )
         )
-        log.info("fleet API and dashboard on http://%s:%d/", config.http_host, config.http_port)
+        scheme = "https" if tls_options else "http"
+        log.info("fleet API and dashboard on %s://%s:%d/", scheme, config.http_host, config.http_port)
         with _quiet_signals():
             server.run()
     finally:

@@ -1,7 +1,9 @@
 """One fleet worker wired together: store, batch writer, MQTT link, RPC gateway, commands.
 
 This is the supervisor boundary: ``start`` brings the parts up in order, a maintenance thread
-expires commands and logs the ingest rate, ``stop`` drains and commits before disconnecting.
+expires commands, re-signs desired states, copies device revocations from the PKI inventory into
+the registry, re-signs the CRL before it goes stale (``fleet.crlkeeper``) and logs the ingest
+rate; ``stop`` drains and commits before disconnecting.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from fleet.commands import CommandService, CommandSigner, UnsignedSigner
 from fleet.config import FleetConfig
+from fleet.crlkeeper import CrlKeeper, reloader
 from fleet.desired import DesiredService
+from fleet.devicekeys import build_intake, open_inventory
 from fleet.inbound import Received
 from fleet.ingest import MqttLink, sync_retained
 from fleet.procwriter import ProcessWriter
@@ -53,6 +58,12 @@ class FleetService:
         self.store = store or Store(config.db_url)
         self.signer: CommandSigner = signer or UnsignedSigner()
         self.rpc_registry = rpc_registry or default_registry()
+        self.inventory = open_inventory(config.pki_dir, config.pki_db_url)
+        self.crl_keeper: CrlKeeper | None = None
+        if config.pki_dir is not None:
+            self.crl_keeper = CrlKeeper(
+                config.pki_dir, broker_dir=config.broker_dir, reload=reloader(config.broker_reload)
+            )
         self.writer: BatchWriter | ProcessWriter
         if config.writer_process:
             self.writer = ProcessWriter(
@@ -68,6 +79,7 @@ class FleetService:
                 queue_max=config.queue_max,
                 topics=self.topics,
                 max_bytes=config.max_bytes_for,
+                evidence=build_intake(config.data_dir, self.inventory),
             )
         self.rpc = RpcDispatcher(
             self.rpc_registry,
@@ -88,6 +100,7 @@ class FleetService:
             on_issued=self.stats.on_command,
         )
         self.desired = DesiredService(self.store, self.publish, self.signer, self.topics)
+        self._revocations: dict[str, tuple[datetime, str | None]] | None = None
         self._paused = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -116,6 +129,11 @@ class FleetService:
         if self.config.retained_sync_s > 0:
             self._spawn("fleet-retained-sync", self._sync)
         self.started = True
+        if self.inventory is None:
+            log.warning(
+                "no PKI inventory (--pki): every traffic.violation will be refused as bad_evidence, "
+                "since no device key can be checked, and revoked devices are not marked"
+            )
         log.info(
             "fleet worker %s up: group %s, broker %s, db %s",
             self.config.worker_id,
@@ -136,9 +154,30 @@ class FleetService:
         except Exception:  # supervisor boundary: the sync is an optimisation
             log.exception("retained sync failed")
 
+    def sync_revocations(self) -> None:
+        """Copy the devices the PKI has revoked into the registry (shown revoked, not online)."""
+        if self.inventory is None:
+            return
+        revoked = self.inventory.revoked_devices()
+        snapshot = {d: (r.revoked_at, r.reason) for d, r in revoked.items()}
+        if snapshot != self._revocations:
+            self.store.set_revocations(revoked.values())
+            self._revocations = snapshot
+
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0
+        last_crl = float("-inf")
         while not self._stop.wait(1.0):
+            try:
+                self.sync_revocations()
+            except Exception as exc:  # supervisor boundary: retried next second
+                log.warning("could not read revocations from the PKI inventory: %s", exc)
+            if self.crl_keeper is not None and time.monotonic() - last_crl >= self.config.crl_check_s:
+                last_crl = time.monotonic()
+                try:
+                    self.crl_keeper.tick()
+                except Exception as exc:  # supervisor boundary: retried at the next check
+                    log.error("could not re-sign the CRL (devices are locked out once it is stale): %s", exc)
             try:
                 self.commands.expire(self.config.command_grace_s)
             except Exception as exc:  # supervisor boundary: retried next second
@@ -187,6 +226,10 @@ class FleetService:
         for thread in self._threads:
             thread.join(timeout=5.0)
         self.store.dispose()
+        if self.crl_keeper is not None:
+            self.crl_keeper.close()
+        if self.inventory is not None:
+            self.inventory.dispose()
         self.started = False
 
     def health(self) -> dict[str, bool]:

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, and_, false, func, or_, select, text
+from sqlalchemy.dialects import postgresql, sqlite
 
 from fleet.apply import BatchOutcome, apply_batch
-from fleet.db import commands, create_schema, devices, events, gaps, ingest_errors, make_engine
+from fleet.db import (
+    commands,
+    create_schema,
+    device_revocations,
+    devices,
+    events,
+    evidence,
+    gaps,
+    ingest_errors,
+    make_engine,
+)
 from fleet.inbound import Inbound
+from fleet.pki_store import DeviceRevocation
 
 Row = dict[str, Any]
+
+_revoked = device_revocations.c.revoked_at.is_not(None)
+_REGISTRY = select(
+    *[c for c in devices.c if c.name != "online"],
+    and_(devices.c.online, device_revocations.c.revoked_at.is_(None)).label("online"),
+    _revoked.label("revoked"),
+    device_revocations.c.revoked_at,
+    device_revocations.c.reason.label("revocation_reason"),
+).select_from(devices.outerjoin(device_revocations, device_revocations.c.device == devices.c.id))
+"""Device rows as the registry shows them: a revoked device is never online."""
 
 
 class Store:
@@ -62,17 +85,41 @@ class Store:
     # -- reads ----------------------------------------------------------------------------------
 
     def devices(self, *, role: str | None = None, online: bool | None = None) -> list[Row]:
-        query = select(devices).order_by(devices.c.id)
+        """The registry (``revoked`` devices are shown offline, with when and why)."""
+        query = _REGISTRY.order_by(devices.c.id)
         if role is not None:
             query = query.where(devices.c.role == role)
-        if online is not None:
-            query = query.where(devices.c.online == online)
+        if online is True:
+            query = query.where(devices.c.online, ~_revoked)
+        elif online is False:
+            query = query.where(or_(devices.c.online == false(), _revoked))
         with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def device(self, device_id: str) -> Row | None:
         with self.reader.connect() as conn:
-            row = conn.execute(select(devices).where(devices.c.id == device_id)).mappings().first()
+            row = conn.execute(_REGISTRY.where(devices.c.id == device_id)).mappings().first()
+            return dict(row) if row is not None else None
+
+    def set_revocations(self, revoked: Iterable[DeviceRevocation]) -> None:
+        """Make ``device_revocations`` hold exactly ``revoked`` (copied from the PKI inventory)."""
+        rows = [{"device": r.device, "revoked_at": r.revoked_at, "reason": r.reason} for r in revoked]
+        with self.writer.begin() as conn:
+            keep = [r["device"] for r in rows]
+            conn.execute(device_revocations.delete().where(device_revocations.c.device.not_in(keep)))
+            if rows:
+                module: Any = postgresql if conn.dialect.name == "postgresql" else sqlite
+                stmt = module.insert(device_revocations)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["device"],
+                    set_={"revoked_at": stmt.excluded.revoked_at, "reason": stmt.excluded.reason},
+                )
+                conn.execute(stmt, rows)
+
+    def evidence(self, event_id: str) -> Row | None:
+        """How a violation was verified at arrival (None: not verified evidence)."""
+        with self.reader.connect() as conn:
+            row = conn.execute(select(evidence).where(evidence.c.event_id == event_id)).mappings().first()
             return dict(row) if row is not None else None
 
     def events(
@@ -116,7 +163,8 @@ class Store:
     def counts(self) -> Row:
         """Totals for /api/stats and the metrics."""
         with self.reader.connect() as conn:
-            online_rows = conn.execute(select(devices.c.online, func.count()).group_by(devices.c.online))
+            registry = _REGISTRY.subquery()
+            online_rows = conn.execute(select(registry.c.online, func.count()).group_by(registry.c.online))
             by_online = {bool(row[0]): int(row[1]) for row in online_rows}
             status_rows = conn.execute(select(commands.c.status, func.count()).group_by(commands.c.status))
             by_status = {str(row[0]): int(row[1]) for row in status_rows}

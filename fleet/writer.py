@@ -5,6 +5,10 @@ crash anywhere before that makes the broker deliver it again. Transient database
 (connection lost, locked, deadlock) are retried with backoff and nothing is acknowledged
 meanwhile; a message the database refuses outright (bad data) is counted as rejected and
 acknowledged, so it cannot block the stream.
+
+Evidence (``traffic.violation``) is checked against the device's certified key before its batch
+is committed (``fleet.evidence.EvidenceIntake``); while that check cannot be made (PKI inventory or
+evidence disk unreachable) the writer retries with the same backoff and acknowledges nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyErro
 
 from fleet.apply import BatchOutcome
 from fleet.batchqueue import BatchQueue
-from fleet.inbound import DB_REJECTED, Inbound, Received, RejectLog, decode
+from fleet.evidence import EvidenceIntake, EvidenceUnavailable
+from fleet.inbound import BAD_EVIDENCE, DB_REJECTED, EVIDENCE_KINDS, Inbound, Received, RejectLog, decode
 from fleet.stats import IngestStats
 from fleet.store import Store
 from protocol.models import DEFAULT_MAX_PAYLOAD
@@ -62,8 +67,10 @@ class BatchWriter:
         max_bytes: Callable[[str, str | None], int] = lambda family, kind: DEFAULT_MAX_PAYLOAD,
         retained_floor: datetime | None = None,
         on_committed: Committed | None = None,
+        evidence: EvidenceIntake | None = None,
     ) -> None:
         self.store = store
+        self.evidence = evidence
         self.stats = stats
         self.topics = topics or Topics()
         self.max_bytes = max_bytes
@@ -146,6 +153,7 @@ class BatchWriter:
     def commit(self, batch: list[Inbound]) -> None:
         """Commit ``batch`` (retrying, isolating refused rows), then acknowledge it."""
         started = time.monotonic()
+        self._check_evidence(batch)
         try:
             outcome = self._apply_retrying(batch)
         except Exception as exc:
@@ -162,6 +170,35 @@ class BatchWriter:
                 item.ack()
         if self.on_committed is not None:
             self.on_committed(batch, outcome, seconds)
+
+    def _check_evidence(self, batch: list[Inbound]) -> None:
+        """Verify every violation of ``batch`` at arrival (refused ones are marked bad_evidence)."""
+        for item in batch:
+            body = item.body
+            if item.family != "events" or not item.ok or body is None or item.evidence is not None:
+                continue
+            if body.get("kind") not in EVIDENCE_KINDS:
+                continue
+            if self.evidence is None:
+                item.error, item.body = BAD_EVIDENCE, None
+                item.detail = "this fleet has no PKI inventory to check device keys (start it with --pki)"
+            else:
+                self._intake_retrying(self.evidence, item)
+            if not item.ok:
+                self.reject_log(item)
+
+    def _intake_retrying(self, intake: EvidenceIntake, item: Inbound) -> None:
+        delay = 0.05
+        while True:
+            try:
+                intake.check(item)
+                return
+            except EvidenceUnavailable as exc:
+                log.warning("evidence check on %s deferred, retrying in %.2fs: %s", item.topic, delay, exc)
+            self.stats.on_retry()
+            if self._abort.wait(delay):
+                raise WriterStopped()
+            delay = min(delay * 2, self.backoff_max_s)
 
     def _apply_retrying(self, batch: list[Inbound]) -> BatchOutcome:
         delay = 0.05

@@ -87,7 +87,10 @@ def _run(
         help="Override the source: file, rtsp://, v4l2:/dev/videoN, gst:..., picamera2, synthetic[:NAME].",
     ),
     evidence_url: str | None = typer.Option(
-        None, "--evidence-url", help="Fleet base URL for evidence uploads."
+        None,
+        "--evidence-url",
+        hidden=True,
+        help="Ignored (evidence travels inside the signed event through the agent).",
     ),
     max_frames: int | None = typer.Option(
         None, "--max-frames", help="Stop after this many frames (tests, demo)."
@@ -132,7 +135,7 @@ def _build_runner(
     from agent.camera.plates import RapidOcrPlateReader
     from agent.camera.runner import CameraRunner
     from agent.camera.signal import build_signal
-    from agent.camera.sink import AgentSink, HttpEvidenceStore
+    from agent.camera.sink import AgentSink
     from agent.camera.sources import LIVE_KINDS, apply_source_arg, build_detector, supervised
     from models.registry import Registry
 
@@ -153,12 +156,11 @@ def _build_runner(
             )
         except CameraRoleError as exc:
             log.warning("camera: %s; violations will carry no plate text", exc)
-    url = evidence_url or cfg.evidence.upload_url
-    store = (
-        HttpEvidenceStore(url, retries=cfg.evidence.upload_retries, timeout_s=cfg.evidence.upload_timeout_s)
-        if url
-        else None
-    )
+    if evidence_url or cfg.evidence.upload_url:
+        log.warning(
+            "camera: --evidence-url / evidence.upload_url are ignored: evidence images travel inside "
+            "the signed traffic.violation event through the agent (remove the setting)"
+        )
     signals = {name: build_signal(s, _desired_getter(sink)) for name, s in cfg.signals.items()}
     runner = CameraRunner(
         cfg,
@@ -166,7 +168,6 @@ def _build_runner(
         sink,
         detector=detector,
         evidence=EvidenceBuilder(cfg.evidence, cfg.camera_id, reader, detector),
-        store=store,
         signals=signals,
         live=cfg.source.kind in LIVE_KINDS or cfg.source.realtime,
     )

@@ -283,10 +283,15 @@ class SignalConfig(_Section):
 
 class EvidenceConfig(_Section):
     upload_url: str | None = Field(
-        default=None, description="Fleet base URL for the evidence store (POST /api/evidence/SHA256)."
+        default=None,
+        description="Ignored (kept so older files load): evidence images travel inside the signed event.",
     )
     inline_max_bytes: int = Field(
-        default=48 * 1024, ge=0, le=96 * 1024, description="Images up to this size travel inside the event."
+        default=48 * 1024,
+        ge=0,
+        le=96 * 1024,
+        description="Largest evidence image; a larger one is shrunk (all images of one violation together "
+        "stay under 160 KiB, so the signed event fits one MQTT message).",
     )
     jpeg_quality: int = Field(default=85, ge=30, le=100, description="JPEG quality of evidence images.")
     ocr: bool = Field(default=True, description="Read the plate of the offending vehicle with PP-OCR.")
@@ -296,10 +301,8 @@ class EvidenceConfig(_Section):
     plate_band: float = Field(
         default=0.45, gt=0, le=1, description="Lower share of other vehicles' boxes blurred (plate area)."
     )
-    upload_retries: int = Field(
-        default=3, ge=0, le=20, description="Upload attempts after the first failure."
-    )
-    upload_timeout_s: float = Field(default=10.0, gt=0, description="Timeout per upload attempt.")
+    upload_retries: int = Field(default=3, ge=0, le=20, description="Ignored (kept so older files load).")
+    upload_timeout_s: float = Field(default=10.0, gt=0, description="Ignored (kept so older files load).")
 
 
 class CountsConfig(_Section):

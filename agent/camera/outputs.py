@@ -3,8 +3,9 @@
 - ``CountPublisher``: per-window ``traffic.count`` payloads; windows the agent could not take
   (restarting) wait in memory (bounded: one day of minute windows) and are retried in order.
 - ``EvidenceWorker``: builds the evidence of each violation on its own thread (OCR and JPEG
-  encoding must not stall the frame loop), places the images and hands the event to the agent,
-  retrying while the agent is unreachable.
+  encoding must not stall the frame loop), puts the images inside the event and hands it to the
+  agent (which signs it, keeps it in its outbox until the broker has it — evidence is never
+  evicted — and sends it over mTLS MQTT), retrying while the agent is unreachable.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from agent.camera.errors import EvidenceError, SinkError
 from agent.camera.evidence import EvidenceBuilder
 from agent.camera.geometry import Box
 from agent.camera.rules import Crossing, Violation
-from agent.camera.sink import EventSink, EvidenceStore, publish_violation
+from agent.camera.sink import EventSink, publish_violation
 from hw.camera import Frame
 
 log = logging.getLogger(__name__)
@@ -77,14 +78,13 @@ class EvidenceWorker:
         self,
         builder: EvidenceBuilder,
         sink: EventSink,
-        store: EvidenceStore | None,
         *,
         inline_max: int,
         camera_id: str,
         retry_s: float = 2.0,
         maxsize: int = 32,
     ) -> None:
-        self.builder, self.sink, self.store = builder, sink, store
+        self.builder, self.sink = builder, sink
         self.inline_max, self.camera_id, self.retry_s = inline_max, camera_id, retry_s
         self.queue: queue.Queue[EvidenceJob | None] = queue.Queue(maxsize=maxsize)
         self.published = 0
@@ -130,7 +130,6 @@ class EvidenceWorker:
                     job.violation,
                     bundle,
                     camera_id=self.camera_id,
-                    store=self.store,
                     inline_max=self.inline_max,
                 )
                 self.published += 1

@@ -21,7 +21,7 @@ from agent.camera.evidence import EvidenceBuilder
 from agent.camera.outputs import CountPublisher, EvidenceJob, EvidenceWorker
 from agent.camera.pipeline import FrameResult, Pipeline
 from agent.camera.signal import SignalPhase
-from agent.camera.sink import EventSink, EvidenceStore
+from agent.camera.sink import EventSink
 from agent.camera.snapshot import SnapshotTaker
 from hw.camera import CameraError, Frame, LatestFrameReader, ReconnectingSource, SourceReadError, SourceStats
 
@@ -46,7 +46,6 @@ class CameraRunner:
         *,
         detector: Detector | None,
         evidence: EvidenceBuilder,
-        store: EvidenceStore | None = None,
         signals: dict[str, SignalPhase] | None = None,
         live: bool = False,
     ) -> None:
@@ -60,7 +59,7 @@ class CameraRunner:
             CountAggregator(config.lines, config.counts.window_s, config.camera_id), sink
         )
         self.worker = EvidenceWorker(
-            evidence, sink, store, inline_max=config.evidence.inline_max_bytes, camera_id=config.camera_id
+            evidence, sink, inline_max=config.evidence.inline_max_bytes, camera_id=config.camera_id
         )
         self.snapshots = SnapshotTaker(detector, config.evidence.plate_band)
         self.pipeline: Pipeline | None = None

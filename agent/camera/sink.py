@@ -3,25 +3,21 @@
 - ``EventSink``: ``emit(kind, data, sign=...)`` and ``report_metrics`` — the agent's local API
   (``AgentSink``) or an in-memory list for tests (``MemorySink``, which can sign envelopes exactly as
   the agent does when given a key).
-- ``EvidenceStore``: content-addressed image upload — the fleet's ``POST /api/evidence/{sha256}``
-  (``HttpEvidenceStore``, with retries) or memory.
 
-``publish_violation`` puts small images inline (base64) and uploads large ones; if the upload keeps
-failing, the image is shrunk until it fits inline, so a violation is never lost for want of the
-network. Either way the event ``data`` lists every image's sha256, and the agent's signature covers
-them.
+Evidence images travel only inside the signed ``traffic.violation`` event, over the agent's
+device-authenticated MQTT link (mTLS; the fleet checks the signature against the device's
+certificate at arrival): ``publish_violation`` puts every image inline (base64), shrinking one
+that is larger than its share of the event (``inline_max`` bytes, and together at most
+``EVENT_IMAGE_BUDGET``, so that the event fits one MQTT message and the agent's outbox, where
+evidence is never evicted). The event ``data`` lists every image's sha256, and the agent's
+signature covers the images themselves.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
-import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from agent.camera.cvlib import cv2 as _cv2
-from agent.camera.errors import EvidenceError, SinkError
+from agent.camera.errors import SinkError
 from agent.camera.evidence import EvidenceBundle, EvidenceImage, violation_data
 from agent.camera.rules import Violation
 
@@ -42,12 +38,6 @@ class EventSink(Protocol):
     def hold_update_lock(self, hold: bool) -> None: ...
 
     def report_metrics(self, metrics: dict[str, Any]) -> None: ...
-
-
-class EvidenceStore(Protocol):
-    def put(self, sha256: str, data: bytes, content_type: str = "image/jpeg") -> None:
-        """Store ``data`` under its sha256; raise EvidenceError when it cannot be stored."""
-        ...
 
 
 class MemorySink:
@@ -139,56 +129,10 @@ class AgentSink:
         return dict(self.client.desired_config())
 
 
-class MemoryEvidenceStore:
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-
-    def put(self, sha256: str, data: bytes, content_type: str = "image/jpeg") -> None:
-        if hashlib.sha256(data).hexdigest() != sha256:
-            raise EvidenceError("evidence body does not match its sha256")
-        self.blobs[sha256] = data
-
-    def get(self, sha256: str) -> bytes | None:
-        return self.blobs.get(sha256)
-
-
-class HttpEvidenceStore:
-    """POSTs images to the fleet evidence store, retrying with backoff."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        retries: int = 3,
-        timeout_s: float = 10.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.retries, self.timeout_s, self.sleep = retries, timeout_s, sleep
-
-    def put(self, sha256: str, data: bytes, content_type: str = "image/jpeg") -> None:
-        url = f"{self.base_url}/api/evidence/{sha256}"
-        last = ""
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.sleep(min(8.0, 0.5 * 2 ** (attempt - 1)))
-            request = urllib.request.Request(
-                url, data=data, method="POST", headers={"Content-Type": content_type}
-            )
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    if response.status in (200, 201):
-                        return
-                    last = f"HTTP {response.status}"
-            except urllib.error.HTTPError as exc:
-                last = f"HTTP {exc.code}"
-                if 400 <= exc.code < 500 and exc.code != 429:
-                    break  # the store refused this body; retrying will not help
-            except (urllib.error.URLError, OSError) as exc:
-                last = str(getattr(exc, "reason", exc))
-        raise EvidenceError(
-            f"evidence upload to {self.base_url} failed after {self.retries + 1} attempt(s): {last}"
-        )
+EVENT_IMAGE_BUDGET = 160 * 1024
+"""Most image bytes in one violation (about 214 KiB once base64-encoded): the event stays under the
+agent's 256 KiB event limit (``outbox.max_event_bytes``) and the broker's message size."""
+MIN_IMAGE_BYTES = 4096
 
 
 def _inline(image: EvidenceImage) -> dict[str, Any]:
@@ -206,22 +150,29 @@ def _describe(image: EvidenceImage) -> dict[str, Any]:
     }
 
 
-def place_image(image: EvidenceImage, store: EvidenceStore | None, inline_max: int) -> dict[str, Any]:
-    """Inline if small, else upload; shrink to inline if the upload fails (never lose evidence)."""
-    if len(image.data) <= inline_max:
+def image_limit(count: int, inline_max: int) -> int:
+    """Largest size of each of ``count`` images of one violation."""
+    share = EVENT_IMAGE_BUDGET // max(count, 1)
+    return max(MIN_IMAGE_BYTES, min(inline_max, share))
+
+
+def place_image(image: EvidenceImage, inline_max: int) -> dict[str, Any]:
+    """The image inline (base64), shrunk first when it is larger than ``inline_max`` bytes."""
+    limit = max(inline_max, MIN_IMAGE_BYTES)
+    if len(image.data) <= limit:
         return _inline(image)
-    if store is not None:
-        try:
-            store.put(image.sha256, image.data)
-            return {**_describe(image), "store": "fleet"}
-        except EvidenceError as exc:
-            log.warning("camera: %s; sending a smaller copy inside the event", exc)
     cv2 = _cv2()
 
     from agent.camera.evidence import shrink_to_fit
 
     decoded: npt.NDArray[np.uint8] = cv2.imdecode(np.frombuffer(image.data, np.uint8), cv2.IMREAD_COLOR)
-    small = shrink_to_fit(decoded, max(inline_max, 4096), 80)
+    small = shrink_to_fit(decoded, limit, 80)
+    log.info(
+        "camera: a %s image of %d bytes was shrunk to %d to fit the event",
+        image.role,
+        len(image.data),
+        len(small),
+    )
     return _inline(EvidenceImage(image.role, small, *_size(small)))
 
 
@@ -238,10 +189,10 @@ def publish_violation(
     bundle: EvidenceBundle,
     *,
     camera_id: str,
-    store: EvidenceStore | None,
     inline_max: int,
 ) -> dict[str, Any]:
-    """Place the images, then hand the violation to the agent to be signed and sent."""
-    images = [place_image(image, store, inline_max) for image in bundle.images]
+    """Put the images inline, then hand the violation to the agent to be signed and sent."""
+    limit = image_limit(len(bundle.images), inline_max)
+    images = [place_image(image, limit) for image in bundle.images]
     data = violation_data(violation, camera_id, bundle.plate, images)
     return sink.emit("traffic.violation", data, sign=True)

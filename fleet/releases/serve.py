@@ -26,9 +26,11 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import FileResponse
 
+from fleet.auth.deps import require
+from fleet.auth.permissions import PUBLIC
 from fleet.releases import meta
 from fleet.releases.repo import expiry_warnings, refresh_online
 from protocol.timefmt import utc_now
@@ -48,7 +50,12 @@ def releases_router(repo: Path, prefix: str = "/tuf") -> APIRouter:
     targets_root = (repo / meta.TARGETS_DIR).resolve()
     router = APIRouter(prefix=prefix, tags=["releases"])
 
-    @router.api_route("/metadata/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+    @router.api_route(
+        "/metadata/{name}",
+        methods=["GET", "HEAD"],
+        include_in_schema=False,
+        dependencies=[Depends(require(PUBLIC))],
+    )
     def metadata(name: str, request: Request) -> Response:
         if not METADATA_NAME.match(name):
             raise HTTPException(404, "no such metadata")
@@ -65,7 +72,12 @@ def releases_router(repo: Path, prefix: str = "/tuf") -> APIRouter:
             return Response(b"", media_type="application/json", headers=headers)
         return Response(data, media_type="application/json", headers=headers)
 
-    @router.api_route("/targets/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+    @router.api_route(
+        "/targets/{path:path}",
+        methods=["GET", "HEAD"],
+        include_in_schema=False,
+        dependencies=[Depends(require(PUBLIC))],
+    )
     def targets(path: str) -> Response:
         parts = path.split("/")
         if not all(_SEGMENT.match(part) and part not in (".", "..") for part in parts):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import subprocess
@@ -23,9 +24,9 @@ from agent.camera.config import CameraConfig, CountsConfig, DwellZoneConfig, Evi
 from agent.camera.evidence import EvidenceBuilder
 from agent.camera.runner import CameraRunner
 from agent.camera.scenegen import stop_and_go_scene
-from agent.camera.sink import AgentSink, MemoryEvidenceStore
+from agent.camera.sink import AgentSink
 from fleet.broker import MosquittoBroker
-from fleet.evidence import EvidenceHashError, verify_evidence
+from fleet.evidence import EvidenceError, verify_evidence
 from hw.camera import ReconnectingSource
 from hw.camera_synth import SyntheticSource
 
@@ -116,14 +117,12 @@ def test_violation_reaches_the_city_signed_and_verifiable(agent: Path, broker: M
             metrics_interval_s=0.2,
         )
         sim = SyntheticSource(scene.render, frames=scene.frames, fps=scene.fps)
-        store = MemoryEvidenceStore()
         runner = CameraRunner(
             config,
             ReconnectingSource(lambda: sim),
             AgentSink(agent),
             detector=None,
             evidence=EvidenceBuilder(config.evidence, config.camera_id),
-            store=store,
         )
         summary = runner.run(threading.Event())
         assert summary.violations == 1 and summary.evidence_published == 1
@@ -132,15 +131,14 @@ def test_violation_reaches_the_city_signed_and_verifiable(agent: Path, broker: M
         assert envelope["device"] == DEVICE and envelope["sig"]["kid"] == DEVICE
         key = serialization.load_pem_private_key((agent / "device_key.pem").read_bytes(), password=None)
         assert isinstance(key, Ed25519PrivateKey)
-        report = verify_evidence(envelope, store.get, key.public_key())
+        assert all(i["store"] == "inline" for i in envelope["data"]["images"]), "images travel in the event"
+        report = verify_evidence(envelope, lambda _sha: None, key.public_key())
         assert {i["role"] for i in report.images} == {"scene", "vehicle"}
-
-        def truncated(sha: str) -> bytes | None:
-            blob = store.get(sha)
-            return blob[:-1] if blob else None
-
-        with pytest.raises(EvidenceHashError):
-            verify_evidence(envelope, truncated, key.public_key())
+        altered = json.loads(json.dumps(envelope))
+        image = altered["data"]["images"][0]
+        image["data"] = base64.b64encode(base64.b64decode(image["data"])[:-1]).decode()
+        with pytest.raises(EvidenceError):
+            verify_evidence(altered, lambda _sha: None, key.public_key())
 
         city.wait("events/traffic.count", lambda b: b["data"]["partial"])  # the last window, sent last
         with city.lock:

@@ -22,9 +22,10 @@ from agent.camera.kalman import KalmanBox
 from agent.camera.plates import PlateRead, RapidOcrPlateReader, plate_text
 from agent.camera.rules import Violation
 from agent.camera.scenegen import add_plate, clip_car_sprites, drawn_vehicle, person_sprite, road_background
-from agent.camera.sink import MemoryEvidenceStore, MemorySink, place_image, publish_violation
+from agent.camera.sink import EVENT_IMAGE_BUDGET, MemorySink, image_limit, place_image, publish_violation
 from agent.camera.tracker import Track
-from fleet.evidence import EvidenceHashError, EvidenceSignatureError, verify_evidence
+from agent.config import OutboxSection
+from fleet.evidence import EvidenceHashError, EvidenceSignatureError, strip_inline, verify_evidence
 from hw.camera import Frame
 from models.registry import Registry
 
@@ -126,31 +127,35 @@ def test_signed_envelope_verifies_and_any_change_is_detected(
 ) -> None:
     key = Ed25519PrivateKey.generate()
     sink = MemorySink(device="cam-hn-gbt-0042", key=key, kid="cam-hn-gbt-0042")
-    store = MemoryEvidenceStore()
     with caplog.at_level(logging.DEBUG):
-        publish_violation(
-            sink, _violation(scene[1]), bundle, camera_id="cam-1", store=store, inline_max=20_000
-        )
+        publish_violation(sink, _violation(scene[1]), bundle, camera_id="cam-1", inline_max=20_000)
     assert PLATE not in caplog.text, "plate text is never logged"
     (envelope,) = sink.envelopes
     data = envelope["data"]
-    stores = {i["role"]: i["store"] for i in data["images"]}
-    assert stores == {"scene": "fleet", "vehicle": "inline"}
+    assert {i["role"]: i["store"] for i in data["images"]} == {"scene": "inline", "vehicle": "inline"}
     assert data["plate"]["text"].replace(" ", "") == PLATE and data["rule"] == "red_light"
+    blobs: dict[str, bytes] = {}
     for image in data["images"]:
-        raw = base64.b64decode(image["data"]) if image["store"] == "inline" else store.blobs[image["sha256"]]
-        assert hashlib.sha256(raw).hexdigest() == image["sha256"]
+        raw = base64.b64decode(image["data"])
+        assert hashlib.sha256(raw).hexdigest() == image["sha256"] and len(raw) <= 20_000
+        blobs[image["sha256"]] = raw
     public = key.public_key()
-    report = verify_evidence(envelope, store.get, public)
+    report = verify_evidence(envelope, lambda _sha: None, public)
     assert report.kid == "cam-hn-gbt-0042" and len(report.images) == 2
 
+    # The fleet keeps the bytes in its evidence store and the event without them: still verifiable.
+    stored = strip_inline(envelope)
+    assert all("data" not in i for i in stored["data"]["images"])
+    assert len(verify_evidence(stored, blobs.get, public).images) == 2
     scene_sha = next(i["sha256"] for i in data["images"] if i["role"] == "scene")
-    tampered_store = dict(store.blobs)
+    tampered_store = dict(blobs)
     blob = bytearray(tampered_store[scene_sha])
     blob[len(blob) // 2] ^= 0x01
     tampered_store[scene_sha] = bytes(blob)
-    with pytest.raises(EvidenceHashError, match="has been altered"):
-        verify_evidence(envelope, tampered_store.get, public)
+    with pytest.raises(EvidenceSignatureError, match="does not match"):
+        verify_evidence(stored, tampered_store.get, public)
+    with pytest.raises(EvidenceHashError, match="not in the evidence store"):
+        verify_evidence(stored, lambda _sha: None, public)
 
     inline = copy.deepcopy(envelope)
     image = next(i for i in inline["data"]["images"] if i["store"] == "inline")
@@ -158,33 +163,34 @@ def test_signed_envelope_verifies_and_any_change_is_detected(
     flipped[100] ^= 0x01
     image["data"] = base64.b64encode(bytes(flipped)).decode()
     with pytest.raises(EvidenceSignatureError):
-        verify_evidence(inline, store.get, public)
+        verify_evidence(inline, blobs.get, public)
 
     changed = copy.deepcopy(envelope)
     changed["data"]["ts"] = changed["data"]["ts"].replace("Z", "1Z")
     with pytest.raises(EvidenceSignatureError, match="does not match"):
-        verify_evidence(changed, store.get, public)
+        verify_evidence(changed, blobs.get, public)
     with pytest.raises(EvidenceSignatureError, match="does not match"):
-        verify_evidence(envelope, store.get, Ed25519PrivateKey.generate().public_key())
+        verify_evidence(envelope, blobs.get, Ed25519PrivateKey.generate().public_key())
     unsigned = {k: v for k, v in envelope.items() if k != "sig"}
     with pytest.raises(EvidenceSignatureError, match="not signed"):
-        verify_evidence(unsigned, store.get, public)
-    with pytest.raises(EvidenceHashError, match="not in the evidence store"):
-        verify_evidence(envelope, lambda _sha: None, public)
+        verify_evidence(unsigned, blobs.get, public)
 
 
-def test_upload_failure_falls_back_to_a_smaller_inline_copy(bundle: Any) -> None:
-    class DownStore:
-        def put(self, sha256: str, data: bytes, content_type: str = "image/jpeg") -> None:
-            from agent.camera.errors import EvidenceError
-
-            raise EvidenceError(
-                "evidence upload to http://fleet failed after 4 attempt(s): connection refused"
-            )
-
+def test_a_large_image_is_shrunk_to_fit_inside_the_event(bundle: Any) -> None:
     scene_image = bundle.images[0]
-    placed = place_image(scene_image, DownStore(), inline_max=8_000)
+    assert len(scene_image.data) > 8_000
+    placed = place_image(scene_image, inline_max=8_000)
     raw = base64.b64decode(placed["data"])
     assert placed["store"] == "inline" and len(raw) <= 8_000
     assert hashlib.sha256(raw).hexdigest() == placed["sha256"] != scene_image.sha256
     assert _decode(raw) is not None
+    small = bundle.images[1]
+    assert place_image(small, inline_max=len(small.data))["sha256"] == small.sha256, "a small one is kept"
+
+
+def test_all_images_of_a_violation_fit_one_event() -> None:
+    assert image_limit(2, 96 * 1024) == EVENT_IMAGE_BUDGET // 2 < 96 * 1024
+    assert image_limit(2, 20_000) == 20_000
+    assert image_limit(50, 96 * 1024) == 4096, "never below a legible minimum"
+    # base64 of the whole budget plus the event's other fields stays under the agent's event limit
+    assert OutboxSection().max_event_bytes > EVENT_IMAGE_BUDGET * 4 // 3 + 8 * 1024

@@ -16,7 +16,7 @@ from agent.camera.detector import YoloxDetector
 from agent.camera.evidence import EvidenceBuilder
 from agent.camera.runner import CameraRunner
 from agent.camera.scenegen import person_sprite, road_background, stop_and_go_scene
-from agent.camera.sink import MemoryEvidenceStore, MemorySink
+from agent.camera.sink import MemorySink
 from agent.camera.snapshot import SnapshotTaker, register_with
 from fleet.evidence import verify_evidence
 from hw.camera import Frame, ReconnectingSource
@@ -47,7 +47,6 @@ def test_runner_emits_windows_violation_and_metrics(detector: YoloxDetector) -> 
     source = ReconnectingSource(lambda: sim, sleep=lambda _d: None)
     key = Ed25519PrivateKey.generate()
     sink = MemorySink(device="cam-hn-test-0001", key=key, kid="cam-hn-test-0001")
-    store = MemoryEvidenceStore()
     config = _config()
     runner = CameraRunner(
         config,
@@ -55,7 +54,6 @@ def test_runner_emits_windows_violation_and_metrics(detector: YoloxDetector) -> 
         sink,
         detector=detector,
         evidence=EvidenceBuilder(config.evidence, config.camera_id, None, detector),
-        store=store,
     )
     summary = runner.run(threading.Event())
     assert summary.frames == scene.frames and summary.violations == 1 and summary.evidence_published == 1
@@ -70,7 +68,7 @@ def test_runner_emits_windows_violation_and_metrics(detector: YoloxDetector) -> 
 
     (violation,) = [e for e in sink.envelopes if e["kind"] == "traffic.violation"]
     assert violation["data"]["rule"] == "illegal_stopping" and violation["data"]["plate"] is None
-    assert verify_evidence(violation, store.get, key.public_key()).images
+    assert verify_evidence(violation, lambda _sha: None, key.public_key()).images, "all images inline"
     assert all(sign for kind, _d, sign in sink.events if kind == "traffic.violation"), "asked to be signed"
 
     states = [p["camera"]["state"] for p in sink.peripherals]

@@ -1,4 +1,4 @@
-"""Helpers for the fleet tests: a small paho "device" and a polling wait."""
+"""Helpers for the fleet tests: a small paho "device", a polling wait, API tokens for the tests."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
+from fleet.auth.tokens import issue
 from fleet.broker import MosquittoBroker, free_port
 from fleet.service import FleetService
 from protocol.signing import sign
@@ -38,6 +41,30 @@ def serve_http(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def make_token(
+    service: FleetService, role: str = "admin", *, expires: timedelta | None = timedelta(hours=1)
+) -> str:
+    """A new API token with ``role`` in ``service``'s store (a unique name per call)."""
+    token, _info = issue(
+        service.store.writer, name=f"test-{role}-{uuid.uuid4().hex[:8]}", role=role, expires=expires
+    )
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def admin_headers(service: FleetService) -> dict[str, str]:
+    """``Authorization`` headers with a fresh admin token of ``service``'s fleet."""
+    return bearer(make_token(service, "admin"))
+
+
+def admin_client(service: FleetService, base_url: str, **kwargs: Any) -> httpx.Client:
+    """An httpx client of ``base_url`` carrying a fresh admin token of ``service``'s fleet."""
+    return httpx.Client(base_url=base_url, headers=admin_headers(service), **kwargs)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

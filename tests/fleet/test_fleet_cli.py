@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import pytest
 import typer
-from fleet_helpers import FakeDevice, MakeDevice, serve_http, wait_for
+from fleet_helpers import FakeDevice, MakeDevice, make_token, serve_http, wait_for
 from typer.testing import CliRunner
 
 from fleet.api import create_app
+from fleet.auth.tokens import create_token
 from fleet.broker import MosquittoBroker, free_port
 from fleet.cli import register
 from fleet.service import FleetService
@@ -33,7 +34,9 @@ def db_url(tmp_path: Path) -> str:  # the clients only see the API: one database
 
 
 @pytest.fixture
-def api(fleet: FleetService) -> Iterator[str]:
+def api(fleet: FleetService, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The served fleet API; the CLI finds an admin token in CITYEDGE_TOKEN."""
+    monkeypatch.setenv("CITYEDGE_TOKEN", make_token(fleet, "admin"))
     with serve_http(create_app(fleet)) as url:
         yield url
 
@@ -107,6 +110,28 @@ def test_events(api: str, devices: list[FakeDevice]) -> None:
     assert [r["data"] for r in rows] == [{"cars": 4}]
 
 
+def test_token_from_env_or_file(
+    api: str, fleet: FleetService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    viewer = make_token(fleet, "viewer")
+    monkeypatch.delenv("CITYEDGE_TOKEN")
+    none = cli("fleet", "devices", "--api", api)
+    assert none.exit_code == 1 and "401" in none.output and "CITYEDGE_TOKEN" in none.output
+    token_file = tmp_path / "token"
+    token_file.write_text(viewer + "\n")
+    token_file.chmod(0o644)
+    loose = cli("fleet", "devices", "--api", api, "--token-file", str(token_file))
+    assert loose.exit_code == 1 and "chmod 600" in loose.output and viewer not in loose.output
+    token_file.chmod(0o600)
+    assert cli("fleet", "devices", "--api", api, "--token-file", str(token_file), "--json").exit_code == 0
+    denied = cli("fleet", "command", "kiosk-cli-0001", "ping", "--api", api, "--token-file", str(token_file))
+    assert denied.exit_code == 1 and "403" in denied.output and "commands:send" in denied.output
+    env = cli("fleet", "devices", "--api", api, "--json", env={"CITYEDGE_TOKEN": viewer})
+    assert env.exit_code == 0, env.output
+    bad = cli("fleet", "devices", "--api", api, env={"CITYEDGE_TOKEN": "cet_not-a-token"})
+    assert bad.exit_code == 1 and "401" in bad.output and "unknown API token" in bad.output
+
+
 def test_unreachable_api() -> None:
     result = cli("fleet", "devices", "--api", f"http://127.0.0.1:{free_port()}")
     assert result.exit_code == 1 and "cannot reach the fleet API" in result.output
@@ -136,6 +161,8 @@ class ServeProcess:
         ]
         self.log = workdir / "serve.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        token = create_token(f"sqlite:///{workdir / 'db' / 'fleet.db'}", "viewer", "test-viewer", "1h")
+        self.headers = {"Authorization": f"Bearer {token}"}
 
     def start(self) -> ServeProcess:
         with self.log.open("ab") as log:
@@ -153,7 +180,7 @@ class ServeProcess:
             return False
 
     def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = httpx.get(f"{self.api}/api/stats", timeout=5).json()
+        result: dict[str, Any] = httpx.get(f"{self.api}/api/stats", headers=self.headers, timeout=5).json()
         return result
 
     def signal(self, sig: int) -> int:
@@ -182,7 +209,10 @@ def test_serve_process_killed_mid_stream_loses_nothing(
     fleet.start()
     assert sent.wait(30)
     wait_for(lambda: fleet.stats()["events"] == total, timeout=30, what=f"all {total} events stored")
-    assert httpx.get(f"{fleet.api}/api/devices/{device.id}/gaps", params={"open_only": "true"}).json() == []
+    gaps = httpx.get(
+        f"{fleet.api}/api/devices/{device.id}/gaps", params={"open_only": "true"}, headers=fleet.headers
+    )
+    assert gaps.json() == []
     stats = fleet.stats()
     assert stats["devices_online"] == 1
     assert fleet.signal(signal.SIGTERM) == 0  # a graceful stop drains and exits cleanly

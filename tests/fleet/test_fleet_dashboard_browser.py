@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_helpers import MakeDevice, serve_http, wait_for
+from fleet_helpers import MakeDevice, admin_headers, serve_http, wait_for
 
 from fleet.api import create_app
 from fleet.service import FleetService
@@ -30,7 +30,8 @@ def page(fleet: FleetService) -> Iterator[tuple[Any, str, list[str], list[str]]]
     with serve_http(create_app(fleet)) as url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
         try:
-            tab = browser.new_page()
+            # Signed in with an admin API token (the sign-in flow itself is tested with the OIDC issuer).
+            tab = browser.new_page(extra_http_headers=admin_headers(fleet))
             requests: list[str] = []
             errors: list[str] = []
             tab.on("request", lambda r: requests.append(r.url))

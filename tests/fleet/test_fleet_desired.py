@@ -5,6 +5,7 @@ device's own verifier (``agent.verify``) trusting a real fleet key ring."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import httpx
 import paho.mqtt.client as mqtt
 import pytest
 import typer
-from fleet_helpers import FakeDevice, FleetFactory, MakeDevice, serve_http, wait_for
+from fleet_helpers import FakeDevice, FleetFactory, MakeDevice, bearer, make_token, serve_http, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
@@ -267,10 +268,18 @@ def test_maintenance_loop_resigns_short_lived_states_before_they_expire(
 
 
 @pytest.fixture
-def served(make_fleet: FleetFactory, city: City) -> Iterator[tuple[FleetService, str]]:
+def served(
+    make_fleet: FleetFactory, city: City, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[FleetService, str]]:
+    """The served API; an admin token in CITYEDGE_TOKEN (the CLI reads it, ``bearer_env`` too)."""
     fleet = make_fleet(signer=city.signer())
+    monkeypatch.setenv("CITYEDGE_TOKEN", make_token(fleet, "admin"))
     with serve_http(create_app(fleet)) as url:
         yield fleet, url
+
+
+def bearer_env() -> dict[str, str]:
+    return bearer(os.environ["CITYEDGE_TOKEN"])
 
 
 @SQLITE_ONLY
@@ -280,11 +289,11 @@ def test_rest_api(
     fleet, url = served
     known(fleet, make_device(KIOSK, role="kiosk", version="1.0.0").connect())
     wait_for(lambda: (fleet.store.device(KIOSK) or {}).get("version") == "1.0.0", what="running version")
-    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    paths = httpx.get(f"{url}/openapi.json", headers=bearer_env()).json()["paths"]
     assert {"put", "delete"} <= set(paths["/api/devices/{device_id}/release"])
     assert "get" in paths["/api/devices/{device_id}/desired"]
 
-    view = httpx.get(f"{url}/api/devices/{KIOSK}/desired").json()
+    view = httpx.get(f"{url}/api/devices/{KIOSK}/desired", headers=bearer_env()).json()
     assert view == {
         "device": KIOSK,
         "desired": None,
@@ -292,7 +301,9 @@ def test_rest_api(
         "applied_version": None,
         "ota": None,
     }
-    put = httpx.put(f"{url}/api/devices/{KIOSK}/release", json={"version": "1.1.0", "force": True})
+    put = httpx.put(
+        f"{url}/api/devices/{KIOSK}/release", headers=bearer_env(), json={"version": "1.1.0", "force": True}
+    )
     assert put.status_code == 200, put.text
     signed = put.json()
     assert signed == fleet.desired.get(KIOSK)  # the exact signed document, nothing dropped
@@ -300,15 +311,15 @@ def test_rest_api(
     assert verifier.verify_desired(signed).version == 1
     assert signed["release"]["force"] is True
 
-    view = httpx.get(f"{url}/api/devices/{KIOSK}/desired").json()
+    view = httpx.get(f"{url}/api/devices/{KIOSK}/desired", headers=bearer_env()).json()
     assert view["desired"] == signed and view["running_version"] == "1.0.0"
 
-    cleared = httpx.delete(f"{url}/api/devices/{KIOSK}/release").json()
+    cleared = httpx.delete(f"{url}/api/devices/{KIOSK}/release", headers=bearer_env()).json()
     assert cleared["release"] is None and cleared["version"] == 2
     assert verifier.verify_desired(cleared).version == 2
 
     def status(method: str, path: str, **kwargs: Any) -> tuple[int, str]:
-        response = httpx.request(method, f"{url}{path}", **kwargs)
+        response = httpx.request(method, f"{url}{path}", headers=bearer_env(), **kwargs)
         return response.status_code, str(response.json().get("detail"))
 
     assert status("PUT", "/api/devices/nobody-0001/release", json={"version": "1.1.0"})[0] == 404
@@ -374,21 +385,21 @@ def test_dashboard_shows_ota_progress_and_desired_beside_running(
     ota_event(camera, "ota.rolled_back", 0, **{"from": "1.0.0", "to": "1.1.0"}, reason=reason, code="health")
     wait_for(lambda: len(fleet.store.events(KIOSK)) == 3 and fleet.store.events(CAMERA), what="events")
 
-    index = httpx.get(f"{url}/").text
+    index = httpx.get(f"{url}/", headers=bearer_env()).text
     assert "committed 1.1.0" in index  # the late seq 1 does not hide the newer state
     assert f"rolled back: {reason}" in index
     assert "badge ota-ok" in index and "badge ota-bad" in index
-    fragment = httpx.get(f"{url}/ui/devices").text
+    fragment = httpx.get(f"{url}/ui/devices", headers=bearer_env()).text
     assert "committed 1.1.0" in fragment and "<th>OTA</th>" in fragment
 
-    page = httpx.get(f"{url}/devices/{KIOSK}").text
+    page = httpx.get(f"{url}/devices/{KIOSK}", headers=bearer_env()).text
     assert '<td class="running">1.0.0</td>' in page
     assert '<td class="desired">1.1.0' in page and "releases/1.1.0/manifest.json" in page
     assert "committed 1.1.0" in page
-    camera_page = httpx.get(f"{url}/ui/devices/{CAMERA}").text
+    camera_page = httpx.get(f"{url}/ui/devices/{CAMERA}", headers=bearer_env()).text
     assert "not set" in camera_page and f"rolled back: {reason}" in camera_page
 
-    view = httpx.get(f"{url}/api/devices/{KIOSK}/desired").json()
+    view = httpx.get(f"{url}/api/devices/{KIOSK}/desired", headers=bearer_env()).json()
     assert view["ota"]["kind"] == "ota.committed" and view["ota"]["label"] == "committed 1.1.0"
     assert view["ota"]["seq"] == 2
 

@@ -21,6 +21,7 @@ import pytest
 
 from agent.errors import LocalApiError
 from agent.localapi import LocalApiClient
+from fleet.auth.tokens import create_token
 from fleet.broker import MosquittoBroker, free_port
 
 DEVICE = "kiosk-it-0001"
@@ -73,9 +74,19 @@ def wait_until(predicate: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def auth() -> dict[str, str]:
+    """The fleet fixture's API token (a viewer), from CITYEDGE_TOKEN."""
+    return {"Authorization": f"Bearer {os.environ['CITYEDGE_TOKEN']}"}
+
+
 @pytest.fixture
-def fleet(broker: MosquittoBroker, tmp_path: Path) -> Iterator[tuple[Proc, str]]:
+def fleet(
+    broker: MosquittoBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Proc, str]]:
     port = free_port()
+    monkeypatch.setenv(
+        "CITYEDGE_TOKEN", create_token(f"sqlite:///{tmp_path / 'fleet.db'}", "viewer", "it", "1h")
+    )
     proc = Proc(
         [
             "fleet",
@@ -132,7 +143,9 @@ def agent_status(client: LocalApiClient) -> dict[str, Any] | None:
 
 
 def fleet_ids(api: str) -> list[str]:
-    rows = httpx.get(f"{api}/api/devices/{DEVICE}/events", params={"limit": 10_000}, timeout=10).json()
+    rows = httpx.get(
+        f"{api}/api/devices/{DEVICE}/events", params={"limit": 10_000}, headers=auth(), timeout=10
+    ).json()
     return [row["id"] for row in rows]
 
 
@@ -172,14 +185,17 @@ def test_thousand_events_survive_broker_restarts_and_agent_kill9(
         except AssertionError:
             missing = set(accepted) - set(fleet_ids(api))
             order = sorted(accepted.index(m) for m in missing)
+            stats = httpx.get(f"{api}/api/stats", headers=auth()).json()
             raise AssertionError(
                 f"{len(missing)} events missing at the fleet (emit order {order[:5]}...{order[-5:]}); "
-                f"agent: {client.status()}\nfleet stats: {httpx.get(f'{api}/api/stats').json()}"
+                f"agent: {client.status()}\nfleet stats: {stats}"
             ) from None
         ids = fleet_ids(api)
         assert len(ids) == TOTAL, "the fleet stored an event twice"
         assert set(ids) == set(accepted)
-        gaps = httpx.get(f"{api}/api/devices/{DEVICE}/gaps", params={"open_only": True}, timeout=10).json()
+        gaps = httpx.get(
+            f"{api}/api/devices/{DEVICE}/gaps", params={"open_only": True}, headers=auth(), timeout=10
+        ).json()
         assert gaps == [], f"seq gaps left open: {gaps}"
     finally:
         agent.stop()

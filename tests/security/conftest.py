@@ -3,8 +3,9 @@
 PKI / broker fixtures:
 - ``city_pki``: a fresh ``fleet.pki.CityPKI`` in a temp dir.
 - ``secure_broker``: a real mosquitto with the city mTLS config of ``fleet.brokerconf`` (device
-  listener + internal fleet listener, ACL, CRL), its PKI, and helpers to make device / service
-  identities and connected paho clients (``SecureBroker``).
+  listener + internal fleet listener, dynamic-security access list, CRL), its PKI, and helpers to
+  make device / service identities (granted on the running broker through ``$CONTROL``, as the
+  enrolment API does) and connected paho clients (``SecureBroker``).
 """
 
 from __future__ import annotations
@@ -20,11 +21,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fleet.broker import BrokerConfig, MosquittoBroker
-from fleet.brokerconf import local_broker_config, refresh_local_broker
+from fleet.brokerconf import BrokerSecurity, local_broker_config, pki_access_list, refresh_local_broker
 from fleet.claims import ClaimStore
+from fleet.dynsec import BrokerEndpoint, Changes, DynsecAdmin
 from fleet.enroll import EnrollService, enroll_router, keyring_trust
 from fleet.keys_cli import init_keys
 from fleet.pki import CityPKI
@@ -75,8 +79,10 @@ class SecureBroker:
         self.root = root
         self.pki = CityPKI.init(root / "pki")
         self._clients: list[mqtt.Client] = []
-        self.fleet = self.service("fleet-ingest")  # before the ACL is generated
-        self.config: BrokerConfig = local_broker_config(self.pki, root / "files")
+        self.fleet = self.service("fleet-ingest")  # before the access list is generated
+        self.admin = self.service("fleet-admin")  # manages the access list ($CONTROL)
+        self.security = BrokerSecurity(device_port=0, fleet_port=0)
+        self.config: BrokerConfig = local_broker_config(self.pki, root / "files", self.security)
         self.broker = MosquittoBroker(root / "broker", self.config)
 
     @property
@@ -92,9 +98,22 @@ class SecureBroker:
     def fleet_port(self) -> int:
         return self.config.extra_tls[0].port
 
+    @property
+    def admin_endpoint(self) -> BrokerEndpoint:
+        return BrokerEndpoint("127.0.0.1", self.fleet_port, self.ca, self.admin.cert, self.admin.key)
+
+    def grant(self, device_id: str) -> Changes:
+        """Give ``device_id`` its subtree on the running broker (``BrokerAccess.grant_device``)."""
+        desired = pki_access_list(self.pki, self.security, extra_devices=[device_id])
+        with DynsecAdmin(self.admin_endpoint) as admin:
+            return admin.converge(desired, only=[device_id])
+
     def device(self, device_id: str, algorithm: KeyAlgorithm = "p256") -> Identity:
+        """A device certificate, granted on the running broker first (what enrolment does)."""
         folder = self.root / "ids" / device_id
         store = FileKeyStore.create(folder / "key.pem", algorithm=algorithm)
+        if self.broker.proc is not None:
+            self.grant(device_id)
         (folder / "cert.pem").write_bytes(self.pki.sign_device_csr(store.csr(device_id), device_id))
         return Identity(device_id, folder / "cert.pem", folder / "key.pem")
 
@@ -111,10 +130,13 @@ class SecureBroker:
         (folder / "cert.pem").write_bytes(cert)
         return Identity(name, folder / "cert.pem", folder / "key.pem")
 
-    def refresh(self) -> None:
-        """New CRL + ACL from the PKI, then SIGHUP (what `cityedge fleet revoke` does)."""
-        refresh_local_broker(self.pki, self.config)
+    def refresh(self) -> Changes:
+        """New CRL (file + SIGHUP) and access list (file + ``$CONTROL``) from the PKI: what
+        `cityedge fleet revoke --kick` does. Revoked identities are deleted, which disconnects them."""
+        refresh_local_broker(self.pki, self.config, self.security)
         self.broker.reload()
+        with DynsecAdmin(self.admin_endpoint) as admin:
+            return admin.converge(pki_access_list(self.pki, self.security))
 
     def client(
         self,
@@ -125,8 +147,10 @@ class SecureBroker:
         inbox: Inbox | None = None,
         ca: Path | None = None,
         timeout: float = 5.0,
+        persistent: bool = False,
     ) -> mqtt.Client:
-        """A connected MQTT v5 client (loop running); ConnectRefused when it cannot connect."""
+        """A connected MQTT v5 client (loop running); ConnectRefused when it cannot connect.
+        ``persistent``: clean start off and a session that outlives the connection (as agents)."""
         cid = client_id or (identity.name if identity else "anonymous")
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
         client.tls_set(
@@ -149,7 +173,13 @@ class SecureBroker:
         if inbox is not None:
             client.on_message = lambda c, u, m: inbox.add(m)
         try:
-            client.connect("127.0.0.1", self.fleet_port if fleet else self.device_port, keepalive=30)
+            port = self.fleet_port if fleet else self.device_port
+            if persistent:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 3600
+                client.connect("127.0.0.1", port, keepalive=30, clean_start=False, properties=props)
+            else:
+                client.connect("127.0.0.1", port, keepalive=30)
         except (ssl.SSLError, OSError) as exc:
             raise ConnectRefused(f"TLS/connect failed: {exc}") from exc
         client.loop_start()
@@ -162,12 +192,21 @@ class SecureBroker:
         return client
 
     @staticmethod
-    def subscribe(client: mqtt.Client, topics: list[str], qos: int = 1, timeout: float = 5.0) -> None:
-        """Subscribe and wait for the SUBACK."""
+    def subscribe(
+        client: mqtt.Client, topics: list[str], qos: int = 1, timeout: float = 5.0
+    ) -> list[ReasonCode]:
+        """Subscribe, wait for the SUBACK and return its reason codes (one per filter)."""
         acked = threading.Event()
-        client.on_subscribe = lambda c, u, mid, rcs, props: acked.set()
+        codes: list[ReasonCode] = []
+
+        def on_subscribe(c: mqtt.Client, u: object, mid: int, rcs: list[ReasonCode], props: object) -> None:
+            codes.extend(rcs)
+            acked.set()
+
+        client.on_subscribe = on_subscribe
         client.subscribe([(t, qos) for t in topics])
         assert acked.wait(timeout), f"no SUBACK for {topics}"
+        return codes
 
     @staticmethod
     def publish(
@@ -235,7 +274,8 @@ class EnrollFleet:
 
 @pytest.fixture
 def make_enroll_fleet(tmp_path: Path) -> Iterator[Callable[..., EnrollFleet]]:
-    """``make_enroll_fleet(pki, broker_url, on_revoked=None)`` starts an HTTPS enrolment API."""
+    """``make_enroll_fleet(pki, broker_url, on_revoked=None, on_enrolling=None)`` starts an HTTPS
+    enrolment API (``on_enrolling``: e.g. ``secure_broker.grant``, as production wires it)."""
     import uvicorn
     from fastapi import FastAPI
 
@@ -244,13 +284,23 @@ def make_enroll_fleet(tmp_path: Path) -> Iterator[Callable[..., EnrollFleet]]:
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []
 
     def make(
-        pki: CityPKI, broker_url: str, on_revoked: Callable[[list[IssuedCert]], None] | None = None
+        pki: CityPKI,
+        broker_url: str,
+        on_revoked: Callable[[list[IssuedCert]], None] | None = None,
+        on_enrolling: Callable[[str], object] | None = None,
     ) -> EnrollFleet:
         root = tmp_path / f"enroll-fleet-{len(servers)}"
         root.mkdir(parents=True)
         init_keys(root / "fleet", root / "offline" / "root.pem")
         claims = ClaimStore.open(root / "fleet" / "claims.db")
-        service = EnrollService(pki, claims, keyring_trust(root / "fleet"), broker_url, on_revoked=on_revoked)
+        service = EnrollService(
+            pki,
+            claims,
+            keyring_trust(root / "fleet"),
+            broker_url,
+            on_revoked=on_revoked,
+            on_enrolling=on_enrolling,
+        )
         app = FastAPI()
         app.include_router(enroll_router(service))
         key, cert = pki.issue_server_cert(["localhost", "127.0.0.1"])

@@ -1,6 +1,8 @@
 """Broker ACL isolation matrix on a real mosquitto with per-device certificates.
 
-mosquitto may accept a PUBLISH (MQTT v5 PUBACK) and drop it silently, so every "cannot" is
+Subscriptions outside a device's own topics are refused when they are made (SUBACK 0x87; more in
+``test_sec_broker_subscribe.py``). mosquitto may accept a PUBLISH (MQTT v5 PUBACK) and drop it
+silently, so every "cannot" is
 asserted on what a legitimate subscriber receives: the forbidden message is published with QoS 1
 (the broker has routed it once it acknowledges), then a sentinel that the same subscriber is
 entitled to; once the sentinel is there, the forbidden message would have been too.
@@ -105,7 +107,8 @@ def test_device_cannot_read_another_device(world: Any, inbox_factory: Any, filte
     world.publish(b, T.status(B), b"b-retained", retain=True)
     a_inbox = inbox_factory()
     a = world.client(world.a, inbox=a_inbox)
-    world.subscribe(a, [*filters, T.commands_req(A)])
+    codes = world.subscribe(a, [*filters, T.commands_req(A)])
+    assert [c.is_failure for c in codes] == [True] * len(filters) + [False]  # refused when made
     fleet = world.client(world.fleet, fleet=True, client_id="fleet-cmd")
     world.publish(b, T.telemetry(B), b"b-telemetry")
     world.publish(b, T.event(B, "traffic.violation"), b"b-evidence")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import ssl
@@ -75,6 +76,7 @@ def city(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[City]:
     dev_port, fleet_port = free_port(), free_port()
     _cli("pki", "init", "--dir", str(pki_dir))
     _cli("pki", "service", "--dir", str(pki_dir), "--name", "fleet-ingest", "--out", str(tmp_path / "svc"))
+    _cli("pki", "service", "--dir", str(pki_dir), "--name", "fleet-admin", "--out", str(tmp_path / "admin"))
     output = _cli(
         "broker-config", "--pki", str(pki_dir), "--out", str(broker_dir), "--device-bind", "127.0.0.1",
         "--device-port", str(dev_port), "--fleet-port", str(fleet_port),
@@ -126,8 +128,25 @@ def _connect(ca: Path, cert: Path, key: Path, port: int, cid: str) -> mqtt.Clien
     return None
 
 
+def _suback(client: mqtt.Client, topic: str) -> int:
+    done, codes = threading.Event(), []
+
+    def on_subscribe(c: mqtt.Client, u: object, mid: int, rcs: list[ReasonCode], p: object) -> None:
+        codes.extend(rcs)
+        done.set()
+
+    client.on_subscribe = on_subscribe
+    client.subscribe(topic, 1)
+    assert done.wait(5), f"no SUBACK for {topic}"
+    return int(codes[0].value)
+
+
 def test_generated_config_runs_and_revoke_cuts_the_device_off(city: City) -> None:
     tmp, pki_dir, broker_dir = city.tmp, city.pki, city.broker
+    conf = (broker_dir / "mosquitto.conf").read_text()
+    assert "acl_file" not in conf and "mosquitto_dynamic_security.so" in conf
+    assert f"cafile {broker_dir / 'fleet-ca.pem'}" in conf
+    assert "access list: 0 device(s), 2 service(s)" in city.output
     store = FileKeyStore.create(tmp / "dev" / "key.pem", algorithm="p256")
     (tmp / "dev" / "req.csr").write_bytes(store.csr("kiosk-hn-0001"))
     _cli("pki", "sign-csr", "--dir", str(pki_dir), "--device", "kiosk-hn-0001",
@@ -135,24 +154,43 @@ def test_generated_config_runs_and_revoke_cuts_the_device_off(city: City) -> Non
     ca = broker_dir / "ca.pem"
     device = _connect(ca, tmp / "dev" / "cert.pem", store.path, city.dev, "kiosk-hn-0001")
     assert device is not None
+    assert _suback(device, "city/v1/devices/kiosk-hn-0001/commands/req") == 0x87  # not listed yet
+    sync = [
+        "broker-sync",
+        "--pki",
+        str(pki_dir),
+        "--broker-dir",
+        str(broker_dir),
+        "--identity",
+        str(tmp / "admin"),
+    ]
+    assert "1 created clients, 1 created roles" in _cli(*sync)
+    assert "already up to date" in _cli(*sync)
+    assert _suback(device, "city/v1/devices/kiosk-hn-0001/commands/req") == 1
+    assert _suback(device, "$share/fleet/city/v1/devices/+/events/#") == 0x87
     svc = tmp / "svc"
     fleet = _connect(ca, svc / "cert.pem", svc / "key.pem", city.fleet, "fleet-w1")
     assert fleet is not None
+    assert _suback(fleet, "$share/fleet/city/v1/devices/+/events/+") == 1
     fleet.disconnect()
     fleet.loop_stop()
+    assert _connect(ca, tmp / "dev" / "cert.pem", store.path, city.fleet, "fleet-w1") is None
 
     out = _cli(
         "revoke", "kiosk-hn-0001", "--pki", str(pki_dir), "--reason", "stolen",
-        "--broker-dir", str(broker_dir), "--pidfile", str(tmp / "mosquitto.pid"), "--kick", str(svc),
+        "--broker-dir", str(broker_dir), "--pidfile", str(tmp / "mosquitto.pid"),
+        "--kick", str(tmp / "admin"),
     )  # fmt: skip
-    assert "broker reloaded" in out and "connection was closed" in out
+    assert "broker reloaded" in out and "removed from the running broker's access list" in out
+    assert "connection was closed" in out
     deadline = time.monotonic() + 5
     while device.is_connected() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not device.is_connected()
     device.loop_stop()
     assert _connect(ca, tmp / "dev" / "cert.pem", store.path, city.dev, "again") is None
-    assert "user kiosk-hn-0001\ntopic deny #" in (broker_dir / "acl").read_text()
+    listed = json.loads((broker_dir / "dynsec" / "dynamic-security.json").read_text())
+    assert [c["username"] for c in listed["clients"]] == ["fleet-admin", "fleet-ingest"]
     assert CityPKI.load(pki_dir).certificates()[-1].revoked
 
 

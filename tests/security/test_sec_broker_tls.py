@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -73,30 +74,29 @@ def test_revoked_device_is_cut_off_and_cannot_reconnect(
     fleet_inbox = inbox_factory()
     fleet = sb.client(sb.fleet, fleet=True, client_id="fleet-w1", inbox=fleet_inbox)
     sb.subscribe(fleet, T.fleet_filters())
-    thief = sb.client(stolen)
+    thief = sb.client(stolen, persistent=True)
     good = sb.client(other)
     sb.publish(thief, T.telemetry(stolen.name), b"before")
     assert fleet_inbox.wait_for(T.telemetry(stolen.name), b"before")
 
     sb.pki.revoke(stolen.name, "stolen")
-    sb.refresh()  # new CRL + ACL, SIGHUP: mosquitto 2.0.11 re-reads both, no restart
-
-    # Still connected (SIGHUP keeps connections), but the ACL now denies it everything.
-    sb.publish(thief, T.telemetry(stolen.name), b"after-revoke")
-    sb.publish(good, T.telemetry(other.name), b"sentinel")
-    assert fleet_inbox.wait_for(T.telemetry(other.name), b"sentinel")
-    assert (T.telemetry(stolen.name), b"after-revoke") not in fleet_inbox.payloads()
-
-    # Kick it out through the fleet listener; its reconnection then fails the TLS handshake.
-    via = KickVia("127.0.0.1", sb.fleet_port, sb.ca, sb.fleet.cert, sb.fleet.key)
-    assert kick(via, stolen.name)
+    # New CRL (SIGHUP: mosquitto 2.0.11 re-reads it, no restart) and the identity deleted from the
+    # running broker's access list, which disconnects it at once.
+    changes = sb.refresh()
+    assert changes.deleted_clients == [stolen.name]
     deadline = time.monotonic() + 5
     while thief.is_connected() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not thief.is_connected()
+
+    # The takeover kick (clean start) also ends its persistent session; reconnecting fails TLS.
+    via = KickVia("127.0.0.1", sb.fleet_port, sb.ca, sb.admin.cert, sb.admin.key)
+    assert kick(via, stolen.name)
     with pytest.raises(conn_refused):
         sb.client(stolen, client_id="reconnect")
-    sb.client(other, client_id="still-fine")  # others are unaffected
+    sb.publish(good, T.telemetry(other.name), b"sentinel")  # others are unaffected
+    assert fleet_inbox.wait_for(T.telemetry(other.name), b"sentinel")
+    sb.client(other, client_id="still-fine")
 
 
 def test_renewed_certificate_with_new_key_connects(secure_broker: Any) -> None:
@@ -110,18 +110,24 @@ def test_renewed_certificate_with_new_key_connects(secure_broker: Any) -> None:
     sb.client(sb.identity(old.name, sb.root / "ids" / "renew" / "cert.pem", new_store.path))
 
 
+def _listed(sb: Any, name: str) -> bool:
+    data = json.loads((sb.broker.workdir / "dynsec" / "dynamic-security.json").read_text())
+    return name in {c["username"] for c in data["clients"]}
+
+
 def test_revoked_then_reenrolled_device_connects_again(secure_broker: Any) -> None:
     sb = secure_broker
     first = sb.device("kiosk-hn-0777")
     sb.pki.revoke(first.name, "lost")
-    sb.refresh()
-    assert "user kiosk-hn-0777" in (sb.broker.workdir / "acl").read_text()
+    assert sb.refresh().deleted_clients == [first.name]
+    assert not _listed(sb, first.name)
     again = FileKeyStore.create(sb.root / "ids" / "again" / "key.pem", algorithm="p256")
     cert = sb.pki.sign_device_csr(again.csr(first.name), first.name)
     (sb.root / "ids" / "again" / "cert.pem").write_bytes(cert)
-    sb.refresh()
-    assert "user kiosk-hn-0777" not in (sb.broker.workdir / "acl").read_text()
-    sb.client(sb.identity(first.name, sb.root / "ids" / "again" / "cert.pem", again.path))
+    assert sb.refresh().created_clients == [first.name]
+    assert _listed(sb, first.name)
+    client = sb.client(sb.identity(first.name, sb.root / "ids" / "again" / "cert.pem", again.path))
+    assert not sb.subscribe(client, [T.commands_req(first.name)])[0].is_failure
 
 
 def test_stale_crl_locks_every_device_out(

@@ -70,7 +70,10 @@ def test_enroll_connect_command_decommission(
 ) -> None:
     broker_url = f"mqtts://127.0.0.1:{secure_broker.device_port}"
     fleet = make_enroll_fleet(
-        secure_broker.pki, broker_url, on_revoked=lambda _records: secure_broker.refresh()
+        secure_broker.pki,
+        broker_url,
+        on_revoked=lambda _records: secure_broker.refresh(),
+        on_enrolling=secure_broker.grant,
     )
     data = tmp_path / "device"
     files = DeviceFiles(data)
@@ -148,7 +151,7 @@ def test_enrolled_agent_runs_signed_commands_only(
     """The real agent, with the verifier built from the enrolment's trust (what agent/daemon.py builds
     when require_signature is on), over the real mTLS broker."""
     broker_url = f"mqtts://127.0.0.1:{secure_broker.device_port}"
-    fleet = make_enroll_fleet(secure_broker.pki, broker_url)
+    fleet = make_enroll_fleet(secure_broker.pki, broker_url, on_enrolling=secure_broker.grant)
     data = tmp_path / "device"
     watch = Watch()
     client = secure_broker.client(secure_broker.fleet, fleet=True, client_id="fleet-test")

@@ -227,6 +227,7 @@ def test_service_and_server_identities(city_pki: CityPKI) -> None:
     key_pem, cert_pem = city_pki.issue_service_identity("fleet-ingest")
     cert = x509.load_pem_x509_certificate(cert_pem)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "fleet-ingest"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value == "fleet services"
     assert serialization.load_pem_private_key(key_pem, None).public_key() == cert.public_key()
     with pytest.raises(PKIError, match="service identities are 'fleet-'"):
         city_pki.issue_service_identity("kiosk-hn-0001")
@@ -280,3 +281,25 @@ def test_concurrent_signing_and_revocation_keep_the_crl_complete(city_pki: CityP
     crl = x509.load_pem_x509_crl((city_pki.directory / "crl.pem").read_bytes())
     assert {entry.serial_number for entry in crl} == serials
     assert len(city_pki.certificates()) == 16
+
+
+def test_the_fleet_listener_anchor_admits_service_subjects_only(city_pki: CityPKI, tmp_path: Path) -> None:
+    """Its TLS behaviour is tested on a real broker (test_sec_broker_subscribe); here its shape."""
+    anchor = x509.load_pem_x509_certificate(city_pki.service_listener_anchor_pem())
+    issuing = x509.load_pem_x509_certificate(city_pki.issuing_cert_pem())
+    assert anchor.subject == anchor.issuer == issuing.subject
+    assert anchor.public_key() == issuing.public_key()
+    anchor.verify_directly_issued_by(anchor)
+    constraints = anchor.extensions.get_extension_for_class(x509.NameConstraints)
+    assert constraints.critical and constraints.value.excluded_subtrees is None
+    [permitted] = constraints.value.permitted_subtrees or []
+    assert permitted == x509.DirectoryName(
+        x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, city_pki.org),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "fleet services"),
+            ]
+        )
+    )
+    device = x509.load_pem_x509_certificate(city_pki.sign_device_csr(_store(tmp_path, "d").csr(DEV), DEV))
+    assert not device.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)

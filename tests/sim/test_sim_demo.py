@@ -45,23 +45,24 @@ class Output:
         return "".join(self.lines)
 
 
-def _get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=5) as resp:
+def _get(url: str, token: str) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
         return json.load(resp)
 
 
-def _online(base: str) -> set[str]:
+def _online(base: str, token: str) -> set[str]:
     try:
-        devices = _get(base + "api/devices")
+        devices = _get(base + "api/devices", token)
     except OSError:
         return set()
     return {d["id"] for d in devices if d["online"]}
 
 
-def _committed(base: str, device: str, version: str) -> bool:
+def _committed(base: str, token: str, device: str, version: str) -> bool:
     try:
-        info = _get(f"{base}api/devices/{device}")
-        events = _get(f"{base}api/devices/{device}/events")
+        info = _get(f"{base}api/devices/{device}", token)
+        events = _get(f"{base}api/devices/{device}/events", token)
     except OSError:
         return False
     kinds = {(e["kind"], (e.get("data") or {}).get("to")) for e in events}
@@ -83,11 +84,17 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
         match = URL_RE.search(out.text)
         assert match, out.text
         base = match.group(1)
+        # the demo printed a sign-in link with its admin token, also kept in a 0600 file for scripts
+        token_file = tmp_path / "demo" / "admin-token"
+        token = token_file.read_text().strip()
+        assert f"{base}login#{token}" in out.text and token_file.stat().st_mode & 0o077 == 0
         sims = {f"{role}-sim-000{i}" for role in ("kiosk", "cam") for i in (1, 2)}
         want = {"kiosk-demo-0001", "cam-demo-0001", "gw-demo-0001", *sims}
-        wait_until(lambda: want <= _online(base), 60, f"{sorted(want)} online in /api/devices")
+        wait_until(lambda: want <= _online(base, token), 60, f"{sorted(want)} online in /api/devices")
         # the demo's update: the launcher-run device moves to the second release and says so
-        wait_until(lambda: _committed(base, "gw-demo-0001", "0.1.1"), 120, "gw-demo-0001 committed 0.1.1")
+        wait_until(
+            lambda: _committed(base, token, "gw-demo-0001", "0.1.1"), 120, "gw-demo-0001 committed 0.1.1"
+        )
         family = psutil.Process(proc.pid).children(recursive=True)
         assert len(family) >= 5  # mosquitto, fleet, two agents, simulator
 
