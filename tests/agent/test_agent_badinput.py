@@ -101,6 +101,11 @@ def test_unreachable_broker_then_broker_appears(
     tmp_path: Path, start_agent: Callable[..., AgentProc]
 ) -> None:
     port = free_port()
+    # The city's persistent session exists before the device ever connects, so whatever the device
+    # sends the moment the broker appears is queued for it: no race with a late subscription.
+    broker = MosquittoBroker(tmp_path / "late", BrokerConfig(port=port)).start()
+    Probe(broker, "kiosk-late-0001", name="late-probe", persistent=True).close()
+    broker.stop()
     agent = start_agent("kiosk-late-0001", f"mqtt://127.0.0.1:{port}")
     status = agent.wait_status(lambda s: s["link"]["attempts"] >= 3, timeout=30)
     assert not status["link"]["connected"]
@@ -108,10 +113,10 @@ def test_unreachable_broker_then_broker_appears(
     assert agent.log().count("retrying in") >= 2
     emitted = agent.client.emit("kiosk.session", {"while": "offline"})
 
-    broker = MosquittoBroker(tmp_path / "late", BrokerConfig(port=port)).start()
+    broker.start()
     try:
-        probe = Probe(broker, agent.device_id)
         agent.wait_connected(timeout=30)
+        probe = Probe(broker, agent.device_id, name="late-probe", persistent=True)
         assert probe.wait_for("status")["online"] is True
         assert probe.wait_for("events/kiosk.session")["id"] == emitted["id"]
         probe.close()
