@@ -126,6 +126,28 @@ def _pki_app() -> typer.Typer:
             _fail(str(exc))
         typer.echo(f"identity {name} written to {out}; grant it on the broker: cityedge fleet broker-sync")
 
+    @app.command("server")
+    def server(
+        pki_dir: PkiDir,
+        host: Annotated[list[str], typer.Option(help="DNS name or IP address the server answers on.")],
+        out: Annotated[Path, typer.Option(help="Directory for cert.pem, key.pem (0600) and ca.pem.")],
+        days: Annotated[int, typer.Option(help="Certificate lifetime in days.")] = 365,
+    ) -> None:
+        """Issue an HTTPS server certificate, e.g. for `fleet serve --tls-cert/--tls-key`."""
+        from fleet.pki import CityPKI
+
+        try:
+            pki = CityPKI.load(pki_dir)
+            key, cert = pki.issue_server_cert(host, days=days)
+            out.mkdir(parents=True, exist_ok=True)
+            _write_private(out / "key.pem", key)
+            (out / "cert.pem").write_bytes(cert)
+            (out / "ca.pem").write_bytes(pki.trust_bundle_pem())
+        except _errors() as exc:
+            _fail(str(exc))
+        typer.echo(f"server certificate for {', '.join(host)} written to {out}: "
+                   f"fleet serve --tls-cert {out / 'cert.pem'} --tls-key {out / 'key.pem'}")  # fmt: skip
+
     @app.command("crl")
     def crl(
         pki_dir: PkiDir, broker_dir: BrokerDir = None, pidfile: Pidfile = None, unit: Unit = None

@@ -53,11 +53,14 @@ def test_serve_refuses_a_public_address_without_tls(tmp_path: Path) -> None:
 
 def test_serves_https_with_the_city_pki_certificate(tmp_path: Path, broker: MosquittoBroker) -> None:
     pki = CityPKI.init(tmp_path / "pki")
-    key_pem, cert_pem = pki.issue_server_cert(["127.0.0.1", "localhost"])
-    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
-    cert.write_bytes(cert_pem)
-    key.write_bytes(key_pem)
-    key.chmod(0o600)
+    issued = subprocess.run(
+        [*CLI, "fleet", "pki", "server", "--pki", str(tmp_path / "pki"), "--host", "127.0.0.1",
+         "--host", "localhost", "--out", str(tmp_path / "https")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert issued.returncode == 0, issued.stderr
+    cert, key = tmp_path / "https" / "cert.pem", tmp_path / "https" / "key.pem"
+    assert key.stat().st_mode & 0o077 == 0
     port = free_port()
     proc = subprocess.Popen(
         [*CLI, "fleet", "serve", "--broker", broker.url, "--http", f"127.0.0.1:{port}",
