@@ -41,6 +41,7 @@ from fleet.desired import (
 )
 from fleet.inbound import OVERSIZED
 from fleet.metrics import render_metrics
+from fleet.privacy import redact_event
 from fleet.service import FleetService
 
 
@@ -83,13 +84,14 @@ def api_router() -> APIRouter:
     ) -> Any:
         service = fleet_of(request)
         _device_or_404(service, device_id)
-        return service.store.events(device_id, limit=limit, kind=kind, since=parse_since(since))
+        rows = service.store.events(device_id, limit=limit, kind=kind, since=parse_since(since))
+        return [redact_event(row) for row in rows]
 
     @router.get("/events", response_model=list[EventOut], dependencies=[Depends(require(DEVICES_READ))])
     def recent_events(
         request: Request, limit: Annotated[int, Query(ge=1, le=1000)] = 50, kind: str | None = None
     ) -> Any:
-        return fleet_of(request).store.events(None, limit=limit, kind=kind)
+        return [redact_event(row) for row in fleet_of(request).store.events(None, limit=limit, kind=kind)]
 
     @router.get(
         "/devices/{device_id}/gaps",

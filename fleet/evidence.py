@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, Depends, HTTPException, Response
 
+from fleet.apimodels import EventOut
 from fleet.auth.deps import require
 from fleet.auth.permissions import EVIDENCE_READ
 from fleet.inbound import BAD_EVIDENCE, Inbound
@@ -115,11 +116,33 @@ class EvidenceStore:
             return None
 
 
-def evidence_router(store: EvidenceStore, *, dependencies: Sequence[Any] = ()) -> APIRouter:
-    """``GET /api/evidence/{sha256}`` (read-only: evidence arrives over MQTT, see module doc)."""
+def evidence_router(
+    store: EvidenceStore,
+    *,
+    dependencies: Sequence[Any] = (),
+    events: Callable[[str], dict[str, Any] | None] | None = None,
+) -> APIRouter:
+    """``GET /api/evidence/{sha256}`` (read-only: evidence arrives over MQTT, see module doc) and,
+    with ``events``, ``GET /api/evidence/events/{event_id}``: a violation with its plate text (the
+    events API leaves that out, fleet/privacy.py). Both are personal data: audited views."""
     router = APIRouter(
         prefix="/api/evidence", tags=["evidence"], dependencies=[Depends(d) for d in dependencies]
     )
+
+    if events is not None:
+        lookup = events
+
+        @router.get(
+            "/events/{event_id}",
+            response_model=EventOut,
+            dependencies=[Depends(require(EVIDENCE_READ, personal_data=True))],
+        )
+        def full_event(event_id: str) -> Any:
+            """The whole event, personal data included (the view is on the audit trail)."""
+            row = lookup(event_id)
+            if row is None:
+                raise HTTPException(404, f"no event {event_id!r}")
+            return row
 
     @router.get("/{sha256}", dependencies=[Depends(require(EVIDENCE_READ, personal_data=True))])
     def download(sha256: str) -> Response:
@@ -139,7 +162,9 @@ def evidence_router(store: EvidenceStore, *, dependencies: Sequence[Any] = ()) -
 
 def evidence_router_for(service: Any) -> APIRouter:
     """Router factory for ``fleet serve``: the evidence store lives in the fleet data dir."""
-    return evidence_router(EvidenceStore(evidence_dir(Path(service.config.data_dir))))
+    return evidence_router(
+        EvidenceStore(evidence_dir(Path(service.config.data_dir))), events=service.store.event
+    )
 
 
 def evidence_dir(data_dir: Path) -> Path:

@@ -143,6 +143,12 @@ class Store:
         with self.reader.connect() as conn:
             return [dict(r) for r in conn.execute(query).mappings()]
 
+    def event(self, event_id: str) -> Row | None:
+        """One event by id, or None."""
+        with self.reader.connect() as conn:
+            row = conn.execute(select(events).where(events.c.id == event_id)).mappings().first()
+        return dict(row) if row is not None else None
+
     def gaps(self, device: str, *, open_only: bool = False) -> list[Row]:
         query = select(gaps).where(gaps.c.device == device).order_by(gaps.c.first_seq)
         if open_only:

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from agent.camera.scenegen import stop_and_go_scene
 from agent.camera.sink import AgentSink
 from fleet.broker import MosquittoBroker
 from fleet.config import FleetConfig
-from fleet.evidence import EvidenceStore, evidence_dir, evidence_router, verify_evidence
+from fleet.evidence import EvidenceStore, evidence_dir, evidence_router, evidence_router_for, verify_evidence
 from fleet.pki import CityPKI
 from fleet.service import FleetService
 from hw.camera import ReconnectingSource
@@ -322,3 +323,48 @@ def test_violation_from_the_real_camera_and_agent_is_verified_and_stored_at_arri
     assert isinstance(key, Ed25519PrivateKey)
     assert len(verify_evidence(envelope, store.get, key.public_key()).images) == 2, "still verifiable"
     assert bad_evidence(fleet) == 0
+
+
+def test_plate_text_is_read_only_through_the_audited_evidence_route(
+    broker: MosquittoBroker, pki: CityPKI, make_fleet: FleetFactory, tmp_path: Path
+) -> None:
+    """The events API leaves the plate out (devices:read is not personal data); the full event is
+    for evidence-officers, and each view is on the audit trail before it is answered."""
+    from fastapi.testclient import TestClient
+
+    from fleet.api import create_app
+    from fleet.auth import trail
+    from fleet.auth.tokens import issue
+
+    fleet = make_fleet(writer_process=False)
+    key, _ = enrol(pki, "cam-hn-pl-0001", tmp_path / "plate.pem")
+    camera = Device(broker, "cam-hn-pl-0001")
+    try:
+        plate = {"text": "29A-123.45", "score": 0.93}
+        sent = camera.send(sign(camera.violation(plate=plate), key, "cam-hn-pl-0001"))
+        wait_for(lambda: stored(fleet, sent), what="the violation")
+    finally:
+        camera.close()
+    app = create_app(fleet, extra_routers=[evidence_router_for(fleet)])
+    tokens = {
+        role: issue(fleet.store.writer, name=f"plate-{role}", role=role, expires=timedelta(hours=1))[0]
+        for role in ("viewer", "evidence-officer")
+    }
+
+    def get(path: str, role: str) -> Any:
+        return client.get(path, headers={"Authorization": f"Bearer {tokens[role]}"})
+
+    with TestClient(app) as client:
+        listed = get("/api/devices/cam-hn-pl-0001/events", "viewer").json()
+        (event,) = [e for e in listed if e["id"] == sent["id"]]
+        assert event["data"]["plate"] == {"redacted": True, "read_with": f"/api/evidence/events/{sent['id']}"}
+        assert "29A-123.45" not in json.dumps(get("/api/events", "viewer").json())
+        before = len(trail.read(fleet.store.writer, None))
+        assert get(f"/api/evidence/events/{sent['id']}", "viewer").status_code == 403
+        full = get(f"/api/evidence/events/{sent['id']}", "evidence-officer")
+        assert full.status_code == 200 and full.json()["data"]["plate"] == plate
+        entries = trail.read(fleet.store.writer, None)[before:]
+        assert [(e["role"], e["outcome"].split(":")[0]) for e in entries] == [
+            ("viewer", "denied"),
+            ("evidence-officer", "allowed"),
+        ]

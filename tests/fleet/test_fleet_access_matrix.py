@@ -36,6 +36,7 @@ OIDC_CLIENT = "fleet"  # client_id (and so the access tokens' audience) of full_
 PATH_VALUES = {
     "device_id": "nobody-0001",
     "command_id": "01NOSUCHCOMMAND0000000000",
+    "event_id": "01NOSUCHEVENT000000000000",
     "sha256": "0" * 64,
     "name": "root.json",
     "path": "objects/" + "0" * 64,
