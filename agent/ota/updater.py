@@ -254,6 +254,8 @@ class Updater:
 
     def _run(self, phase: str) -> list[Event]:
         try:
+            if self._cancel.is_set() and phase != "trial":
+                raise Cancelled("superseded")  # the queued Evaluate starts the new release instead
             self.scripts.run(phase, "enter", self._script_env())
             if phase == "downloading":
                 self._download()

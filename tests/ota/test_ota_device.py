@@ -230,3 +230,18 @@ def test_the_update_command_installs_past_the_lock(device: Device, repo: Reposit
     probe.command("update")  # the central team overrides the lock
     device.wait_version("1.1.0")
     probe.wait_event("ota.committed", lambda d: d["to"] == "1.1.0")
+
+
+def test_a_newer_desired_release_supersedes_one_being_installed(
+    device: Device, repo: Repository, probe: Probe
+) -> None:
+    repo.publish("1.1.0", files("1.1.0", size=3_000_000))
+    repo.publish("1.2.0", files("1.2.0"))
+    device.configure(rate_limit_bps=1_000_000)  # 1.1.0 takes about 3 s to download
+    device.start()
+    device.wait_running()
+    probe.desired("1.1.0")
+    probe.wait_event("ota.downloading", lambda d: d["to"] == "1.1.0")
+    probe.desired("1.2.0")  # e.g. a rollout aborted and a fixed release set instead
+    device.wait_version("1.2.0")
+    assert "ota.installing" not in probe.kinds("1.1.0") and "ota.committed" in probe.kinds("1.2.0")
