@@ -317,6 +317,57 @@ class RenewalSection(Section):
         return self
 
 
+class IobusSection(Section):
+    port: str | None = Field(
+        default=None,
+        description=(
+            "Serial port of the cabinet I/O board (e.g. /dev/serial0, /dev/serial/by-id/..., a pty "
+            "path of the software-in-the-loop board) or 'simulated'; none: no board."
+        ),
+    )
+    baudrate: int = Field(default=115200, gt=0, description="UART speed of the I/O board.")
+    heartbeat_s: float = Field(
+        default=5.0, ge=0.05, le=600, description="Seconds between heartbeats to the board's watchdog."
+    )
+    watchdog_timeout_s: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="Heartbeat silence after which the board power-cycles this computer.",
+    )
+    watchdog_off_ms: int = Field(
+        default=5000, ge=50, le=60000, description="How long the board keeps the power off."
+    )
+    status_s: float = Field(
+        default=30.0, ge=0.1, le=3600, description="Seconds between sensor readings sent as telemetry."
+    )
+    fan_on_c: float = Field(default=45.0, description="Cabinet temperature that turns the fan on.")
+    fan_off_c: float = Field(default=40.0, description="Cabinet temperature that turns the fan off.")
+    overheat_c: float = Field(default=60.0, description="Cabinet temperature raising cabinet.overheat.")
+    on_battery_v: float = Field(default=11.5, description="Supply voltage below which the UPS is on battery.")
+    low_battery_v: float = Field(default=11.0, description="Battery voltage raising power.low_battery.")
+
+    @model_validator(mode="after")
+    def _fan(self) -> IobusSection:
+        if self.fan_off_c >= self.fan_on_c:
+            raise ValueError("fan_off_c must be below fan_on_c (the fan would flap)")
+        if self.low_battery_v > self.on_battery_v:
+            raise ValueError("low_battery_v must not be above on_battery_v")
+        return self
+
+    def board_config(self) -> dict[str, Any]:
+        """The thresholds as the board's ``config`` operation takes them (docs/iobus.md)."""
+        return {
+            "wd_timeout_s": self.watchdog_timeout_s,
+            "wd_off_ms": self.watchdog_off_ms,
+            "fan_on_c": self.fan_on_c,
+            "fan_off_c": self.fan_off_c,
+            "overheat_c": self.overheat_c,
+            "on_battery_v": self.on_battery_v,
+            "low_battery_v": self.low_battery_v,
+        }
+
+
 class AgentConfig(Section):
     data_dir: Path = Field(
         default=Path("/var/lib/cityedge/agent"), description="Outbox, state, socket and logs."
@@ -332,6 +383,9 @@ class AgentConfig(Section):
     ota: OtaSection = Field(default_factory=OtaSection, description="Over-the-air updates.")
     renewal: RenewalSection = Field(
         default_factory=RenewalSection, description="Automatic renewal of the device certificate."
+    )
+    iobus: IobusSection = Field(
+        default_factory=IobusSection, description="Cabinet I/O board (watchdog, tamper, sensors)."
     )
 
     @property

@@ -22,12 +22,13 @@ import sdnotify
 from ulid import ULID
 
 from agent import handlers
+from agent.cabinet import CabinetMonitor, build_board
 from agent.commands import CommandProcessor, CommandVerifier
 from agent.config import AgentConfig, deep_merge
 from agent.devicekey import DeviceKeyError, load_or_create_key, make_signer
 from agent.errors import AgentError, CommandFailed, ConfigError
 from agent.link import Link
-from agent.localapi import LocalApiServer
+from agent.localapi import LocalApiServer, Req
 from agent.logs import set_level, setup_logging
 from agent.ota.errors import OtaError
 from agent.ota.updater import Updater, running_slot_from_env
@@ -43,6 +44,7 @@ from agent.system import System, build_system
 from agent.telemetry import TelemetryPublisher, TelemetrySampler
 from agent.version import agent_version
 from agent.wiring import OVERRIDES_FILE, ConfigLayers, choose_verifier, load_plugin, lock_data_dir
+from hw.iobus import IoBoard
 from protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class Agent:
         *,
         verifier: CommandVerifier | None = None,
         system: System | None = None,
+        board: IoBoard | None = None,
     ) -> None:
         self.layers = layers
         self.config = config
@@ -129,6 +132,7 @@ class Agent:
                 rpc_timeout_max_s=config.local_api.rpc_timeout_max_s,
             )
         self.renewer = CertRenewer(self.data_dir, lambda: self.config.renewal)
+        self.cabinet = self._build_cabinet(config, board)
         self.ota_error: str | None = None
         self.updater = self._build_updater(config)
         topics = self.link.topics
@@ -182,6 +186,23 @@ class Agent:
         if self.localapi is not None:
             add_local_ops(self.localapi, updater)
         return updater
+
+    def _build_cabinet(self, config: AgentConfig, board: IoBoard | None) -> CabinetMonitor | None:
+        """The cabinet I/O board when ``[iobus] port`` is set (or a board is passed in)."""
+        board = board or build_board(config.iobus)
+        if board is None:
+            return None
+        monitor = CabinetMonitor(
+            board,
+            lambda: self.config.iobus,
+            self._emit_event,
+            self.telemetry.report_metrics,
+            self.shadow.set_peripherals,
+        )
+        if self.localapi is not None:
+            self.localapi.add_op("iobus_status", Req, lambda _r: monitor.state())
+            self.localapi.add_op("signal_phase", Req, lambda _r: monitor.signal_phase())
+        return monitor
 
     def _emit_event(self, kind: str, data: dict[str, Any]) -> None:
         self.outbox.enqueue(kind, data)
@@ -316,6 +337,7 @@ class Agent:
             "simulated_reboots": len(getattr(self.system, "reboots", [])),
             "ota": self._ota_summary(),
             "certificate": self.renewer.state(),
+            "iobus": self.cabinet.state() if self.cabinet is not None else None,
         }
 
     def _ota_summary(self) -> dict[str, Any]:
@@ -338,6 +360,8 @@ class Agent:
         self.telemetry.start()
         self.link.start()
         self.renewer.start()
+        if self.cabinet is not None:
+            self.cabinet.start()
         if self.localapi is not None:
             self.localapi.start()
         if self.updater is not None:
@@ -362,6 +386,7 @@ class Agent:
             "local API": self.localapi is None or self.localapi.is_alive(),
             "updater": self.updater is None or self.updater.is_alive(),
             "certificate renewal": self.renewer.is_alive(),
+            "I/O board": self.cabinet is None or self.cabinet.is_alive(),
         }
         return [name for name, alive in parts.items() if not alive]
 
@@ -371,6 +396,8 @@ class Agent:
         if self.localapi is not None:
             self.localapi.stop()
         self.renewer.stop()
+        if self.cabinet is not None:
+            self.cabinet.stop(disarm=self.exit_code == 0)
         self.telemetry.stop()
         self.commands.stop()
         self.link.stop()
