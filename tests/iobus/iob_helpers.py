@@ -41,7 +41,13 @@ class ScriptedBoard:
         self.drop_next = 0
         self.ticks = 1000
         self.handlers: dict[str, Handler] = {
-            "hello": lambda _r: {"ok": True, "fw": "9.9.9", "proto": 1, "board": "scripted", "host_reset": None},
+            "hello": lambda _r: {
+                "ok": True,
+                "fw": "9.9.9",
+                "proto": 1,
+                "board": "scripted",
+                "host_reset": None,
+            },
             "hb": lambda _r: {"ok": True, "t": self.ticks},
             "status": lambda _r: {"ok": True, "temp_c": 30.5, "phase": "green"},
         }
@@ -80,5 +86,7 @@ class ScriptedBoard:
                     continue
                 op = str(frame.payload.get("op"))
                 handler = self.handlers.get(op)
-                reply = handler(frame.payload) if handler else {"ok": False, "error": f"unknown operation '{op}'"}
+                reply = (
+                    handler(frame.payload) if handler else {"ok": False, "error": f"unknown operation '{op}'"}
+                )
                 self.send(Frame(FrameType.RSP, frame.msgid, reply))
