@@ -20,14 +20,14 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # Test folders have no __init__.py and import their conftest and helpers by bare name, so each
-# folder is checked on its own, with itself on MYPYPATH.
+# folder is checked on its own, with itself (and the agent tests' shared helpers) on MYPYPATH.
 TEST_DIRS := $(filter-out tests/__pycache__/,$(wildcard tests/*/))
 
 typecheck: setup
 	$(BIN)/mypy
 	@set -e; for dir in $(TEST_DIRS); do \
-		echo "MYPYPATH=$$dir $(BIN)/mypy --strict $$dir"; \
-		MYPYPATH=$$dir $(BIN)/mypy --strict $$dir; \
+		echo "MYPYPATH=$$dir:tests/agent $(BIN)/mypy --strict $$dir"; \
+		MYPYPATH=$$dir:tests/agent $(BIN)/mypy --strict $$dir; \
 	done
 	MYPYPATH=tests $(BIN)/mypy --strict $(wildcard tests/*.py)
 

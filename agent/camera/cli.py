@@ -161,7 +161,10 @@ def _build_runner(
             "camera: --evidence-url / evidence.upload_url are ignored: evidence images travel inside "
             "the signed traffic.violation event through the agent (remove the setting)"
         )
-    signals = {name: build_signal(s, _desired_getter(sink)) for name, s in cfg.signals.items()}
+    signals = {
+        name: build_signal(s, _desired_getter(sink), lambda: dict(sink.client.call("signal_phase")))
+        for name, s in cfg.signals.items()
+    }
     runner = CameraRunner(
         cfg,
         supervised(cfg.source),

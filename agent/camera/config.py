@@ -258,8 +258,11 @@ class RedLightConfig(_Section):
 
 
 class SignalConfig(_Section):
-    kind: Literal["fixed", "schedule", "agent"] = Field(
-        description="fixed: constant phase; schedule: fixed-time plan; agent: value pushed in desired config."
+    kind: Literal["fixed", "schedule", "agent", "board"] = Field(
+        description=(
+            "fixed: constant phase; schedule: fixed-time plan; agent: value pushed in desired config; "
+            "board: the cabinet I/O board's signal input, read through the agent (docs/iobus.md)."
+        )
     )
     phase: Phase = Field(default="unknown", description="Phase for kind=fixed.")
     cycle_s: float = Field(default=90.0, gt=0, description="Schedule: cycle length.")

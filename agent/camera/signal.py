@@ -5,8 +5,10 @@
   where controllers run fixed plans;
 - ``AgentPhase``: the phase pushed by the city in the camera's desired config (polled through the
   agent's local API, cached for ``ttl_s``);
-- ``CallbackPhase``: any callable, the hook for the cabinet I/O board's signal-phase input once the
-  firmware reports it.
+- ``BoardPhase``: the cabinet I/O board's signal input (a wire from the controller's red lamp),
+  timestamped by the board at each debounced change and read through the agent's local API
+  (``signal_phase``), so the phase at a frame's time is known even when the frame is late;
+- ``CallbackPhase``: any callable.
 """
 
 from __future__ import annotations
@@ -66,6 +68,38 @@ class CallbackPhase:
         return value if value in PHASES else "unknown"  # type: ignore[return-value]
 
 
+class BoardPhase:
+    """The phase from the I/O board's timestamped changes (agent local API ``signal_phase``).
+
+    The change list is re-read at most every ``ttl_s``; the phase at ``wall`` is the last change at
+    or before it, so a frame analysed a little late still gets the phase it was taken under.
+    """
+
+    def __init__(self, read: Callable[[], dict[str, Any]], ttl_s: float = 0.1) -> None:
+        self.read, self.ttl_s = read, ttl_s
+        self._changes: list[tuple[float, str]] = []
+        self._at = -1e9
+        self._failing = False
+
+    def phase(self, wall: float) -> Phase:
+        from agent.cabinet import phase_at
+
+        now = time.monotonic()
+        if now - self._at >= self.ttl_s:
+            self._at = now
+            try:
+                answer = self.read()
+                self._changes = [(float(at), str(p)) for at, p in answer.get("changes", [])]
+                self._failing = False
+            except Exception as exc:  # the agent may be restarting: the phase is then unknown
+                if not self._failing:
+                    log.warning("signal: cannot read the I/O board's phase from the agent (%s)", exc)
+                self._failing = True
+                self._changes = []
+        value = phase_at(self._changes, wall)
+        return value if value in PHASES else "unknown"  # type: ignore[return-value]
+
+
 class AgentPhase:
     """Reads ``desired_config()[key]`` (the city pushes the phase); cached for ``ttl_s``."""
 
@@ -87,11 +121,20 @@ class AgentPhase:
         return self._value
 
 
-def build_signal(config: SignalConfig, desired: Callable[[], dict[str, Any]] | None = None) -> SignalPhase:
+def build_signal(
+    config: SignalConfig,
+    desired: Callable[[], dict[str, Any]] | None = None,
+    board: Callable[[], dict[str, Any]] | None = None,
+) -> SignalPhase:
     if config.kind == "fixed":
         return FixedPhase(config.phase)
     if config.kind == "schedule":
         return SchedulePhase(config.cycle_s, config.green_s, config.amber_s, config.offset_s)
+    if config.kind == "board":
+        if board is None:
+            log.warning("signal: kind=board but no agent connection; phase unknown (no red-light events)")
+            return FixedPhase("unknown")
+        return BoardPhase(board)
     if desired is None:
         log.warning("signal: kind=agent but no agent connection; phase unknown (no red-light events)")
         return FixedPhase("unknown")
