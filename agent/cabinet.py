@@ -173,6 +173,17 @@ class CabinetMonitor:
             "link": self.board.stats(),
         }
 
+    def ack_tamper(self) -> dict[str, Any]:
+        """A technician closed the cabinet: clear the board's tamper latch (AgentError if it cannot)."""
+        from agent.errors import AgentError
+
+        try:
+            answer = self.board.request("ack_tamper")
+        except IoBoardError as exc:
+            raise AgentError(str(exc)) from exc
+        self.last_status = {**self.last_status, "tamper_latched": answer.get("tamper_latched")}
+        return {"tamper_latched": bool(answer.get("tamper_latched"))}
+
     def signal_phase(self) -> dict[str, Any]:
         changes = self.phases.snapshot()
         return {

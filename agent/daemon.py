@@ -202,6 +202,7 @@ class Agent:
         if self.localapi is not None:
             self.localapi.add_op("iobus_status", Req, lambda _r: monitor.state())
             self.localapi.add_op("signal_phase", Req, lambda _r: monitor.signal_phase())
+            self.localapi.add_op("iobus_ack_tamper", Req, lambda _r: monitor.ack_tamper())
         return monitor
 
     def _emit_event(self, kind: str, data: dict[str, Any]) -> None:

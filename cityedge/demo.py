@@ -45,6 +45,7 @@ class Ctx:
     http: str
     devices: int
     cli: tuple[str, ...]
+    fleet_env: dict[str, str] = field(default_factory=dict)
 
     def part_dir(self, name: str) -> Path:
         """``DATA_DIR/name``, created when missing."""
@@ -62,6 +63,7 @@ class Part:
     essential: bool = False  # its death stops the demo
     ready_path: str | None = None  # HTTP path on --http that answers 200 once it is up
     enabled: Callable[[Ctx], bool] = field(default=lambda ctx: True)
+    env: Callable[[Ctx], dict[str, str]] | None = None  # added to the demo's environment
 
 
 def _fleet(ctx: Ctx) -> list[str]:
@@ -71,6 +73,7 @@ def _fleet(ctx: Ctx) -> list[str]:
             "--data-dir", str(ctx.part_dir("fleet")), "--worker-id", "fleet-demo",
             "--rpc", "dossier=fleet.gateway.service:demo_dossier_service",
             "--releases", str(demo_ota.repo_dir(ctx.data_dir)),
+            "--router", "fleet.enroll:router_from_env",
             "--pki", str(demo_security.pki_dir(ctx.data_dir))]  # fmt: skip
 
 
@@ -129,7 +132,7 @@ def _sim(ctx: Ctx) -> list[str]:
 def demo_parts() -> list[Part]:
     """The demo's children, started in this order and stopped in the reverse order."""
     return [
-        Part("fleet", _fleet, essential=True, ready_path="/healthz"),
+        Part("fleet", _fleet, essential=True, ready_path="/healthz", env=lambda ctx: ctx.fleet_env),
         Part("agent-kiosk", _agent("kiosk-demo-0001", "kiosk")),
         Part("kiosk-ui", _kiosk_ui),
         Part("agent-camera", _agent("cam-demo-0001", "camera")),
@@ -186,7 +189,7 @@ class Supervisor:
     def start(self, part: Part) -> Child:
         log_path = self.ctx.data_dir / "logs" / f"{part.name}.log"
         log_file = log_path.open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(part.env(self.ctx) if part.env else {})}
         proc = subprocess.Popen(
             part.argv(self.ctx),
             stdin=subprocess.DEVNULL,
@@ -305,22 +308,34 @@ def run_demo(devices: int, http: str, data_dir: Path, console: Console) -> int:
             with console.status("preparing the release repository (two releases) and the city PKI ..."):
                 demo_ota.prepare_releases(data_dir)
                 demo_security.prepare_pki(data_dir)
+                demo_security.prepare_fleet_keys(data_dir)
             broker = MosquittoBroker(data_dir / "broker").start()
         except (DemoError, BrokerError, ReleaseError) as exc:
             console.print(f"[red]cityedge demo: {exc}[/red]", highlight=False)
             return 1
+        try:
+            city = demo_security.prepare_city_broker(data_dir, int(broker.url.rsplit(":", 1)[1]))
+            city_dir = data_dir / demo_security.CITY_BROKER / "broker"
+            city_broker = MosquittoBroker(city_dir, city.config).start()
+        except BrokerError as exc:
+            broker.stop()
+            console.print(f"[red]cityedge demo: the city broker did not start: {exc}[/red]", highlight=False)
+            return 1
         console.print(
-            f"[bold]cityedge demo[/bold]: broker {broker.url} (mosquitto, files in {broker.workdir})"
+            f"[bold]cityedge demo[/bold]: broker {broker.url} (mosquitto, files in {broker.workdir}); "
+            f"city broker for enrolled devices {city.device_url} (mTLS)"
         )
-        ctx = Ctx(broker.url, data_dir, http, devices, _cli_prefix())
+        env = demo_security.enroll_env(data_dir, city)
+        ctx = Ctx(broker.url, data_dir, http, devices, _cli_prefix(), env)
         sup = Supervisor(ctx, console)
         try:
             return _run_parts(sup, stop, console)
         finally:
             console.print("stopping ...")
             sup.stop_all()
+            city_broker.stop()
             broker.stop()
-            console.print("  stopped broker\ndemo stopped cleanly.")
+            console.print("  stopped brokers\ndemo stopped cleanly.")
 
 
 def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
@@ -355,6 +370,10 @@ def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
     link = signin_link(url, token)
     console.print(f"Sign in to the dashboard (admin, this demo only):\n{link}", markup=False)
     console.print(f"The token is also in {token_file} (mode 0600) for the CLI: --token-file", markup=False)
+    claim = demo_security.create_claim(sup.ctx.data_dir)
+    tech = demo_security.technician_lines("cityedge", sup.ctx.data_dir, sup.ctx.http, claim, "simulated")
+    for line in tech:
+        console.print(line, markup=False, highlight=False)
     console.print("Press Ctrl-C to stop everything.")
     while not stop.wait(0.5):
         dead = sup.check()

@@ -31,9 +31,8 @@ class ConsoleSteps:
     """Shows each step with a spinner, then ✓ or ✗ (rich)."""
 
     def __init__(self, quiet: bool = False) -> None:
-        from rich.console import Console
 
-        self.console = Console(highlight=False)
+        self.console = screen_console()
         self.quiet = quiet
         self.current = ""
 
@@ -57,12 +56,14 @@ def _report_failure(exc: ProvisionError, as_json: bool, steps: ConsoleSteps | No
         doc = {"ok": False, "error": exc.message, "what_to_do": exc.hint, "kind": type(exc).__name__}
         typer.echo(json.dumps(doc))
     else:
-        from rich.console import Console
-
-        console = steps.console if steps else Console(highlight=False, stderr=True)
+        console = steps.console if steps else screen_console(stderr=True)
         console.print(f"[bold red]Problem:[/bold red] {exc.message}")
         console.print(f"[bold]What to do:[/bold] {exc.hint}")
     return typer.Exit(exc.exit_code)
+
+
+SCREEN_COLUMNS = 80
+"""A serial console's width: every technician screen fits it."""
 
 
 def _print(doc: dict[str, Any], as_json: bool, lines: list[str]) -> None:
@@ -70,7 +71,27 @@ def _print(doc: dict[str, Any], as_json: bool, lines: list[str]) -> None:
         typer.echo(json.dumps(doc, indent=1, default=str))
     else:
         for line in lines:
-            typer.echo(line)
+            typer.echo(fit(line))
+
+
+def screen_console(stderr: bool = False) -> Any:
+    """A rich console no wider than a serial console, whatever the terminal says."""
+    from rich.console import Console
+
+    console = Console(highlight=False, stderr=stderr)
+    console.width = min(console.width, SCREEN_COLUMNS)
+    return console
+
+
+def fit(line: str, width: int = SCREEN_COLUMNS) -> str:
+    """``line`` wrapped to ``width`` columns at spaces, continuation lines indented; paths and URLs
+    are never cut (a word longer than the screen stays whole on its own line)."""
+    import textwrap
+
+    return "\n".join(
+        textwrap.wrap(line, width, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+        or [""]
+    )
 
 
 def build_provision_app(clock: Clock = utc_now) -> typer.Typer:
@@ -93,6 +114,10 @@ def build_provision_app(clock: Clock = utc_now) -> typer.Typer:
             str | None, typer.Option("--device-id", help="Device id (default: made up).")
         ] = None,
         start: Annotated[bool, typer.Option("--start/--no-start", help="Start the agent at the end.")] = True,
+        io_board: Annotated[
+            str | None,
+            typer.Option("--io-board", help="Serial port of the cabinet I/O board (e.g. /dev/serial0)."),
+        ] = None,
         system: Annotated[
             str,
             typer.Option("--system", help="Agent reboot backend: linux or simulated (tests).", hidden=True),
@@ -103,7 +128,7 @@ def build_provision_app(clock: Clock = utc_now) -> typer.Typer:
         from provisioning.agentproc import start_agent
         from provisioning.enroll import EnrollOptions, enroll
 
-        opts = EnrollOptions(claim, role, site, fleet, data_dir, ca, device_id, start, system)
+        opts = EnrollOptions(claim, role, site, fleet, data_dir, ca, device_id, start, system, io_board)
         steps = ConsoleSteps(quiet=as_json)
         try:
             result = enroll(opts, steps, clock, start_agent)
@@ -141,6 +166,32 @@ def build_provision_app(clock: Clock = utc_now) -> typer.Typer:
         if not doc["ok"]:
             raise typer.Exit(1)
 
+    @app.command("ack-tamper")
+    def ack_tamper_cmd(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonOut = False) -> None:
+        """After closing the cabinet: clear the I/O board's tamper alarm (through the agent)."""
+        from agent.errors import LocalApiError
+        from agent.localapi import LocalApiClient
+
+        try:
+            answer = LocalApiClient(data_dir, timeout=5.0).call("iobus_ack_tamper")
+        except LocalApiError as exc:
+            raise _report_failure(
+                ProvisionError(
+                    f"the agent could not clear the tamper alarm: {exc}",
+                    "start the agent (cityedge provision status) and check the I/O board",
+                ),
+                as_json,
+            ) from None
+        latched = bool(answer.get("tamper_latched"))
+        line = (
+            "tamper alarm still set: the door switch is open (close the cabinet door)"
+            if latched
+            else "tamper alarm cleared"
+        )
+        _print({"ok": not latched, **answer}, as_json, [line])
+        if latched:
+            raise typer.Exit(1)
+
     @app.command("label")
     def label_cmd(
         data_dir: DataDir = DEFAULT_DATA_DIR,
@@ -159,7 +210,7 @@ def build_provision_app(clock: Clock = utc_now) -> typer.Typer:
             render_label(enrollment.device_id, url, [f"{enrollment.role} · {enrollment.site}", url], out)
         except ProvisionError as exc:
             raise _report_failure(exc, False) from None
-        typer.echo(f"label for {enrollment.device_id} written to {out} (QR: {url})")
+        _print({}, False, [f"label for {enrollment.device_id} written to {out}", f"QR code: {url}"])
 
     @app.command("status")
     def status_cmd(data_dir: DataDir = DEFAULT_DATA_DIR, as_json: JsonOut = False) -> None:
@@ -174,7 +225,8 @@ def build_provision_app(clock: Clock = utc_now) -> typer.Typer:
         lines = [
             f"device       {doc['device_id']} ({doc['role']} at site {doc['site']})",
             f"certificate  until {doc.get('certificate_not_after', '?')}",
-            f"fleet        {doc['fleet_url']}   broker {doc['broker_url']}",
+            f"fleet        {doc['fleet_url']}",
+            f"broker       {doc['broker_url']}",
             f"fleet keys   version {doc.get('fleet_keys_version', '?')}",
             f"agent        {'running' if agent['running'] else 'NOT running'} ({agent['how']})",
         ]
@@ -221,7 +273,6 @@ def build_provision_app(clock: Clock = utc_now) -> typer.Typer:
 
 
 def _checks_table(checks: list[Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="cityedge selftest")
@@ -230,7 +281,7 @@ def _checks_table(checks: list[Any]) -> None:
     marks = {"ok": "[green]✓[/green]", "fail": "[red]✗[/red]", "skip": "–"}
     for check in checks:
         table.add_row(marks[check.status], check.name, check.detail, check.fix)
-    Console(highlight=False).print(table)
+    screen_console().print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -51,6 +51,8 @@ class EnrollOptions:
     device_id: str | None = None
     start: bool = True
     system_backend: str = "linux"
+    io_board: str | None = None
+    """Serial port of the cabinet I/O board (written to [iobus] port and peripherals.json)."""
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,8 @@ def _save(
         fleet_ca=str(files.fleet_ca.resolve()) if opts.ca is not None else None,
     )
     save_enrollment(files, enrollment)
-    write_agent_config(files, enrollment, simulated_system=opts.system_backend == "simulated")
+    write_agent_config(
+        files, enrollment, simulated_system=opts.system_backend == "simulated", io_board=opts.io_board
+    )
     write_file(files.cert, cert)  # last: a certificate on disk means "enrolled"
     return enrollment

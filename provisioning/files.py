@@ -144,11 +144,17 @@ def agent_config(files: DeviceFiles, enrollment: Enrollment) -> dict[str, Any]:
     }
 
 
-def write_agent_config(files: DeviceFiles, enrollment: Enrollment, *, simulated_system: bool = False) -> Path:
-    """Write ``agent.toml`` and check the agent accepts it (same validation as ``agent run``)."""
+def write_agent_config(
+    files: DeviceFiles, enrollment: Enrollment, *, simulated_system: bool = False, io_board: str | None = None
+) -> Path:
+    """Write ``agent.toml`` and check the agent accepts it (same validation as ``agent run``);
+    with ``io_board``, the agent runs the cabinet I/O board on that port and the selftest checks it."""
     config = agent_config(files, enrollment)
     if simulated_system:
         config["system"]["backend"] = "simulated"
+    if io_board:
+        config["iobus"] = {"port": io_board}
+        _merge_peripherals(files, {"ioboard": io_board})
     header = "# Written by `cityedge provision enroll`: enrolled devices verify every command.\n"
     write_file(files.config, (header + tomli_w.dumps(config)).encode(), 0o640)
     from agent.config import load_config
@@ -162,3 +168,15 @@ def write_agent_config(files: DeviceFiles, enrollment: Enrollment, *, simulated_
             "update cityedge on the device (provisioning and agent come from one release)",
         ) from exc
     return files.config
+
+
+def _merge_peripherals(files: DeviceFiles, update: dict[str, str]) -> None:
+    """Add ``update`` to ``peripherals.json`` (what the selftest checks), keeping other entries."""
+    current: dict[str, Any] = {}
+    if files.peripherals.exists():
+        try:
+            loaded = json.loads(files.peripherals.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            loaded = {}
+        current = loaded if isinstance(loaded, dict) else {}
+    write_file(files.peripherals, json.dumps({**current, **update}, indent=1).encode())

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 KINDS = ("camera", "scanner", "printer", "ioboard")
 
@@ -125,17 +126,45 @@ def probe_printer(port: str, timeout: float) -> ProbeResult:
 
 
 def probe_ioboard(port: str, timeout: float) -> ProbeResult:
-    """The port opens (the board protocol itself is checked by the agent's I/O board driver)."""
+    """Talk to the board (docs/iobus.md): firmware version, a heartbeat, a sensor reading, tamper.
+
+    Only when no agent holds the port: a running agent's view is used instead (selftest)."""
+    from hw.iobus import IoBoardError, SerialIoBoard
+
+    fix = "check the I/O board's cable and power; flash it: cityedge firmware flash --port PORT"
+    board = SerialIoBoard(port, retry_s=min(0.25, timeout / 4))
+    board.start(lambda _event: None)
     try:
-        import serial
-    except ImportError:
-        return ProbeResult(False, "pyserial is not installed", "install cityedge with the kiosk extra")
-    try:
-        handle = serial.serial_for_url(port, baudrate=115200, timeout=timeout)
-        handle.close()
-    except (serial.SerialException, OSError, ValueError) as exc:
-        return ProbeResult(False, f"I/O board on {port}: {exc}", "check the I/O board's USB cable and power")
-    return ProbeResult(True, f"I/O board port {port} opens")
+        if not board.wait_connected(timeout):
+            return ProbeResult(False, str(board.stats()["last_error"] or f"{port} does not open"), fix)
+        hello = board.request("hello")
+        board.heartbeat()
+        status = board.request("status")
+    except IoBoardError as exc:
+        return ProbeResult(False, str(exc), fix)
+    finally:
+        board.stop()
+    return ioboard_result({"firmware": hello.get("fw"), "board": hello.get("board"), "status": status})
+
+
+def ioboard_result(state: dict[str, Any]) -> ProbeResult:
+    """Judge an I/O board from its firmware and ``status`` (a probe's or the running agent's)."""
+    status = state.get("status") or {}
+    name = f"I/O board {state.get('firmware') or '?'} ({state.get('board') or '?'})"
+    if not status:
+        return ProbeResult(False, f"{name}: no sensor reading yet", "wait a few seconds and run it again")
+    temp = status.get("temp_c")
+    reading = f"{temp:.1f} °C" if isinstance(temp, (int, float)) else "no temperature"
+    detail = f"{name}: {reading}, tamper {status.get('tamper', '?')}"
+    if isinstance(status.get("battery_v"), (int, float)):
+        detail += f", supply {status['battery_v']:.1f} V"
+    if status.get("sensor_ok") is False or temp is None:
+        return ProbeResult(False, detail, "check the temperature sensor's cable (I2C)")
+    if status.get("tamper") == "open" or status.get("tamper_latched"):
+        return ProbeResult(False, detail, "close the cabinet door, then: cityedge provision ack-tamper")
+    if status.get("on_battery"):
+        return ProbeResult(False, detail + " (on battery)", "check the mains supply to the cabinet")
+    return ProbeResult(True, detail)
 
 
 PROBES: dict[str, Probe] = {

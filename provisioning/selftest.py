@@ -21,11 +21,12 @@ from provisioning.brokercheck import BrokerTarget, connect_once
 from provisioning.enroll import check_device_clock
 from provisioning.errors import ProvisionError
 from provisioning.files import DeviceFiles, load_enrollment
-from provisioning.peripherals import KINDS, Probe, load_peripherals, run_probe
+from provisioning.peripherals import KINDS, Probe, ioboard_result, load_peripherals, run_probe
 
 MIN_FREE_BYTES = 500 * 1024 * 1024
 MAX_USED_PCT = 95.0
 RENEW_WITHIN = timedelta(days=30)
+IOBOARD_FIX = "check the I/O board's cable and power, and [iobus] port in the agent config"
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,35 @@ def check_peripherals(
         if kind not in configured:
             checks.append(Check(kind, "skip", "not configured"))
             continue
+        agent_view = _agent_ioboard(files) if kind == "ioboard" else None
+        if agent_view is not None:
+            checks.append(agent_view)
+            continue
         result = run_probe(kind, configured[kind], timeout, probes)
         checks.append(Check(kind, "ok" if result.ok else "fail", result.detail, result.fix))
     return checks
+
+
+def _agent_ioboard(files: DeviceFiles) -> Check | None:
+    """The running agent holds the board's port: judge the board from the agent's view of it
+    (firmware, heartbeats, last reading); None when no agent answers."""
+    from agent.errors import LocalApiError
+    from agent.localapi import LocalApiClient
+
+    try:
+        state = LocalApiClient(files.data_dir, timeout=3.0).call("iobus_status")
+    except LocalApiError:
+        return None
+    if not isinstance(state, dict):
+        return None
+    if not state.get("connected"):
+        why = state.get("last_error") or "not answering yet"
+        return Check("ioboard", "fail", f"the agent cannot talk to the I/O board: {why}", IOBOARD_FIX)
+    if not state.get("heartbeats"):
+        return Check("ioboard", "fail", "the I/O board has had no heartbeat yet", "wait and run it again")
+    result = ioboard_result(state)
+    detail = f"{result.detail}; {state['heartbeats']} heartbeats"
+    return Check("ioboard", "ok" if result.ok else "fail", detail, result.fix)
 
 
 def selftest(
