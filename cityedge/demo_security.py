@@ -150,5 +150,6 @@ def technician_lines(cli: str, data_dir: Path, http: str, token: str, io_board: 
         f"    --data-dir {device_dir} \\",
         f"    --io-board {io_board}",
         f"  {cli} provision selftest --data-dir {device_dir}",
-        f"  {cli} provision label --data-dir {device_dir} --out {data_dir / 'label.png'}",
+        f"  {cli} provision label --data-dir {device_dir} \\",
+        f"    --out {data_dir / 'label.png'}",
     ]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -22,7 +24,10 @@ from sim_helpers import wait_until
 
 import fleet.broker
 from cityedge.demo import demo_parts, run_demo
+from cityedge.demo_security import TECH_DEVICE
 from fleet.broker import INSTALL_HINT, BrokerError, free_port
+from provisioning.agentproc import stop_agent
+from provisioning.files import DeviceFiles
 
 CLI = str(Path(sys.executable).with_name("cityedge"))
 URL_RE = re.compile(r"Dashboard: (http://\S+/)")
@@ -71,8 +76,12 @@ def _committed(base: str, token: str, device: str, version: str) -> bool:
 
 def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
+    # A short path to the data dir, as `make demo` has (var/demo), so the printed lines are short.
+    short = Path(tempfile.mkdtemp(prefix="ce-")) / "demo"
+    (tmp_path / "demo").mkdir()
+    short.symlink_to(tmp_path / "demo")
     proc = subprocess.Popen(
-        [CLI, "demo", "--devices", "4", "--http", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "demo")],
+        [CLI, "demo", "--devices", "4", "--http", f"127.0.0.1:{port}", "--data-dir", str(short)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -80,7 +89,8 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     assert proc.stdout is not None
     out = Output(proc.stdout)  # type: ignore[arg-type]
     try:
-        wait_until(lambda: bool(URL_RE.search(out.text)) or proc.poll() is not None, 180, "dashboard URL")
+        ready = "Press Ctrl-C to stop everything."
+        wait_until(lambda: ready in out.text or proc.poll() is not None, 180, "the demo's start-up text")
         match = URL_RE.search(out.text)
         assert match, out.text
         base = match.group(1)
@@ -95,6 +105,7 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
         wait_until(
             lambda: _committed(base, token, "gw-demo-0001", "0.1.1"), 120, "gw-demo-0001 committed 0.1.1"
         )
+        _technician_path(out.text, base, token, tmp_path / "demo")
         family = psutil.Process(proc.pid).children(recursive=True)
         assert len(family) >= 5  # mosquitto, fleet, two agents, simulator
 
@@ -113,6 +124,88 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
     time.sleep(0.2)
     leftovers = [p for p in family if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert leftovers == [], [p.cmdline() for p in leftovers]
+
+
+def _technician_commands(text: str) -> dict[str, list[str]]:
+    """The technician's commands the demo printed (backslash continuations joined), by verb."""
+    start = text.index("Technician: enrol one more device")
+    lines = text[start:].splitlines()[1:]
+    commands: dict[str, list[str]] = {}
+    current = ""
+    for line in lines:
+        if not line.startswith("  "):
+            break
+        current += line.strip().rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            argv = current.split()
+            assert argv[0] == "cityedge", argv
+            commands[argv[2]] = [CLI, *argv[1:]]
+            current = ""
+    return commands
+
+
+def _run80(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"}
+    )
+    for line in (done.stdout + done.stderr).splitlines():
+        assert len(line) <= 80, f"wider than a serial console ({len(line)}): {line!r}"
+    return done
+
+
+def _technician_path(text: str, base: str, token: str, demo_dir: Path) -> None:
+    """A new technician copies the demo's lines: the device enrols over mTLS with signed commands,
+    passes every selftest check including the I/O board, and its label is printed."""
+    printed = text[text.index("Technician: enrol one more device") :].splitlines()
+    assert all(len(line) <= 80 for line in printed[:10]), printed[:10]
+    commands = _technician_commands(text)
+    assert set(commands) == {"enroll", "selftest", "label"}, commands
+    device_dir = Path(commands["enroll"][commands["enroll"].index("--data-dir") + 1])
+    enrolled = _run80(commands["enroll"])
+    try:
+        assert enrolled.returncode == 0, enrolled.stdout + enrolled.stderr
+        wait_until(lambda: TECH_DEVICE in _online(base, token), 60, "the enrolled device online")
+        config = (device_dir / "agent.toml").read_text()
+        assert "require_signature = true" in config and "mqtts://" in config
+        wait_until(lambda: _selftest_ok(commands["selftest"]), 60, "a passing selftest")
+        as_json = subprocess.run(
+            [*commands["selftest"], "--json"], capture_output=True, text=True, timeout=60
+        )
+        report = json.loads(as_json.stdout)  # for scripts: not a screen
+        checks = {c["name"]: c for c in report["checks"]}
+        assert checks["broker"]["status"] == "ok" and "over mTLS" in checks["broker"]["detail"]
+        assert checks["ioboard"]["status"] == "ok", checks["ioboard"]
+        assert "tamper closed" in checks["ioboard"]["detail"]
+        assert _run80(commands["selftest"]).returncode == 0
+        label = _run80(commands["label"])
+        assert label.returncode == 0 and Path(commands["label"][-1]).stat().st_size > 1000
+        # The fleet's command reaches it signed (the device refuses unsigned ones).
+        ping = subprocess.run(
+            capture_output=True,
+            text=True,
+            timeout=60,
+            args=[
+                CLI,
+                "fleet",
+                "command",
+                TECH_DEVICE,
+                "ping",
+                "--wait",
+                "--timeout",
+                "30",
+                "--api",
+                base.rstrip("/"),
+                "--token-file",
+                str(demo_dir / "admin-token"),
+            ],
+        )
+        assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
+    finally:
+        stop_agent(DeviceFiles(device_dir))
+
+
+def _selftest_ok(argv: list[str]) -> bool:
+    return subprocess.run([*argv, "--json"], capture_output=True, timeout=60).returncode == 0
 
 
 def test_demo_without_mosquitto_says_how_to_install_it(
