@@ -419,6 +419,34 @@ def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def set_config_overrides(args: dict[str, Any]) -> dict[str, Any]:
+    """The ``set_config`` command's args as a partial agent config (the contract's two forms).
+
+    ``{"telemetry": {"interval_s": 30}}`` and ``{"telemetry.interval_s": 30}`` (what
+    ``cityedge fleet command ... --arg telemetry.interval_s=30`` sends) mean the same; both may be
+    mixed. The real agent and the simulator both read the args through this function, and both
+    validate the result as an ``AgentConfig`` (``validate_layer``), so they answer alike.
+    """
+    if not args:
+        raise ConfigError("set_config needs the settings to change in its args")
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        parts = key.split(".")
+        if not all(parts):
+            raise ConfigError(f"set_config: {key!r} is not a setting name (e.g. telemetry.interval_s)")
+        nested: Any = value
+        for part in reversed(parts[1:]):
+            nested = {part: nested}
+        head = parts[0]
+        if head in out and not (isinstance(out[head], dict) and isinstance(nested, dict)):
+            raise ConfigError(f"set_config: {key!r} is given twice")
+        out[head] = deep_merge(out[head], nested) if head in out else nested
+    device = out.get("device")
+    if "data_dir" in out or (isinstance(device, dict) and "id" in device):
+        raise ConfigError("data_dir and device.id cannot be changed remotely")
+    return out
+
+
 def describe_validation(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:3]:

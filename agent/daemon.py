@@ -24,7 +24,7 @@ from ulid import ULID
 from agent import handlers
 from agent.cabinet import CabinetMonitor, build_board
 from agent.commands import CommandProcessor, CommandVerifier
-from agent.config import AgentConfig, deep_merge
+from agent.config import AgentConfig, deep_merge, set_config_overrides
 from agent.devicekey import DeviceKeyError, load_or_create_key, make_signer
 from agent.errors import AgentError, CommandFailed, ConfigError
 from agent.link import Link
@@ -255,9 +255,10 @@ class Agent:
 
     def apply_local_overrides(self, args: dict[str, Any]) -> dict[str, Any]:
         """set_config: merge ``args`` into the persisted local overrides and apply them."""
-        device = args.get("device")
-        if "data_dir" in args or (isinstance(device, dict) and "id" in device):
-            raise CommandFailed("data_dir and device.id cannot be changed remotely")
+        try:
+            args = set_config_overrides(args)
+        except ConfigError as exc:
+            raise CommandFailed(str(exc)) from exc
         previous = self.layers.local
         self.layers.local = deep_merge(previous, args)
         try:

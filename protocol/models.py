@@ -93,6 +93,8 @@ class ShadowReported(WireModel):
     config_version: int = Field(ge=0)
     software: dict[str, Any] = Field(default_factory=dict)
     peripherals: dict[str, Any] = Field(default_factory=dict)
+    local_overrides: dict[str, Any] = Field(default_factory=dict)
+    local_revision: int = Field(default=0, ge=0)
 
     _ts = field_validator("ts")(_check_ts)
 

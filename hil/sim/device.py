@@ -33,6 +33,9 @@ from protocol.models import (
 from protocol.timefmt import now_ts
 from protocol.topics import Topics
 
+LIVE_SECTIONS = ("telemetry", "logging", "renewal")
+"""Settings the agent applies without a restart (agent.daemon.LIVE_SECTIONS)."""
+
 
 @dataclass(frozen=True)
 class Outgoing:
@@ -71,6 +74,7 @@ class SimDevice:
         version: str = "0.1.0-sim",
         time_scale: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        telemetry_interval_s: float = 30.0,
     ) -> None:
         self.id = device_id
         self.role = role
@@ -85,6 +89,10 @@ class SimDevice:
         self.event_seq = 0
         self.config: dict[str, Any] = {}
         self.config_version = 0
+        self.base_interval_s = telemetry_interval_s
+        self.telemetry_interval_s = telemetry_interval_s
+        self.local_overrides: dict[str, Any] = {}
+        self.local_revision = 0
         self.logs: deque[str] = deque(maxlen=200)
         self.vitals = Vitals(rng, role)
         self.scenario: KioskScenario | CameraScenario = (
@@ -127,6 +135,8 @@ class SimDevice:
             config_version=self.config_version,
             software={"agent": self.version, "role": self.role, "simulated": True},
             peripherals=_PERIPHERALS[self.role],
+            local_overrides=self.local_overrides,
+            local_revision=self.local_revision,
         )
         return self._out(self.topics.shadow_reported(self.id), msg, 1, True, "shadow")
 
@@ -202,16 +212,34 @@ class SimDevice:
         return {"simulated": True, command.name: "done", "boot_id": self.boot_id}
 
     def _set_config(self, command: Command) -> dict[str, Any]:
-        config = command.args.get("config", command.args)
-        if not isinstance(config, dict):
-            raise CommandFailed("set_config needs args.config to be an object")
-        version = command.args.get("version", self.config_version + 1)
-        if not isinstance(version, int) or version < 0:
-            raise CommandFailed("set_config args.version must be a whole number >= 0")
-        self.config.update({k: v for k, v in config.items() if k != "version"})
-        self.config_version = version
+        """As the real agent: the same two argument forms, validated as an agent configuration,
+        kept as local overrides with a revision, live sections applied (telemetry interval)."""
+        from agent.config import deep_merge, set_config_overrides, validate_layer
+        from agent.errors import ConfigError
+
+        try:
+            overrides = set_config_overrides(command.args)
+            merged = deep_merge(self.local_overrides, overrides)
+            old = validate_layer(deep_merge(self._base_config(), self.local_overrides), "local overrides")
+            new = validate_layer(deep_merge(self._base_config(), merged), "local overrides (set_config)")
+        except ConfigError as exc:
+            raise CommandFailed(str(exc)) from exc
+        self.local_overrides = merged
+        self.local_revision += 1
+        self.telemetry_interval_s = new.telemetry.interval_s
+        changed = [k for k in type(new).model_fields if getattr(old, k) != getattr(new, k)]
         self._after_command.append(self.shadow_reported())
-        return {"config_version": self.config_version}
+        return {
+            "local_revision": self.local_revision,
+            "changed": changed,
+            "restart_required": any(k not in LIVE_SECTIONS for k in changed),
+        }
+
+    def _base_config(self) -> dict[str, Any]:
+        return {
+            "device": {"id": self.id, "role": self.role},
+            "telemetry": {"interval_s": self.base_interval_s},
+        }
 
     def _get_logs(self, command: Command) -> dict[str, Any]:
         lines = command.args.get("lines", 50)

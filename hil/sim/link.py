@@ -156,13 +156,14 @@ class DeviceLink:
 
     async def _activity(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.cfg.telemetry_interval_s
-        next_telemetry = loop.time() + interval * self.device.rng.random()
+        next_telemetry = loop.time() + self.device.telemetry_interval_s * self.device.rng.random()
         while True:
             now = loop.time()
+            interval = self.device.telemetry_interval_s  # set_config may change it
             if now >= next_telemetry:
                 await self._send(client, self.device.telemetry())
                 next_telemetry = max(next_telemetry + interval, now + interval / 2)
+            next_telemetry = min(next_telemetry, now + interval)
             self.outbox.extend(self.device.due_events())
             await self._flush(client)
             wait = min(next_telemetry - loop.time(), self.device.next_event_in())

@@ -37,6 +37,7 @@ def build_devices(cfg: SimConfig) -> list[SimDevice]:
             random.Random(f"{cfg.seed}:{device_id}"),
             version=cfg.version,
             time_scale=cfg.time_scale,
+            telemetry_interval_s=cfg.telemetry_interval_s,
         )
         for device_id, role in device_ids(cfg)
     ]

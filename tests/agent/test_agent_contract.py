@@ -90,6 +90,18 @@ def test_redelivered_command_is_answered_again_but_run_once(agent: AgentProc, ci
     city.wait_for("shadow/reported", lambda m: m["local_revision"] == revision + 1)
 
 
+def test_set_config_takes_the_documented_dotted_form(agent: AgentProc, city: Probe) -> None:
+    """``cityedge fleet command D set_config --arg telemetry.interval_s=30`` sends a dotted key;
+    the simulator answers the same (tests/sim/test_sim_contract.py)."""
+    city.command("set_config", {"telemetry.interval_s": 0.4}, cid="setcfg-dot")
+    answer = city.answer("setcfg-dot")
+    assert answer["status"] == "ok", answer
+    assert answer["result"]["changed"] == ["telemetry"] and answer["result"]["restart_required"] is False
+    unknown = city.command("set_config", {"telemetry.every": 5}, cid="setcfg-bad")
+    bad = city.answer(unknown)
+    assert bad["status"] == "error" and "telemetry.every" in bad["error"]
+
+
 def test_expired_command_is_rejected(city: Probe) -> None:
     city.command("ping", cid="old-1", expires_in=-60)
     answer = city.answer("old-1")

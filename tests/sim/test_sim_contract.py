@@ -133,10 +133,17 @@ def test_commands_are_answered_once_per_id(sim_factory: SimF, observer_factory: 
     assert _ask(obs, cam, _command("c-snap2", "snapshot"), "c-snap2").status == "ok"
     assert _ask(obs, cam, _command("c-restart", "restart"), "c-restart").status == "ok"
 
-    done = _ask(obs, cam, _command("c-cfg", "set_config", {"config": {"fps": 10}, "version": 7}), "c-cfg")
-    assert done.status == "ok" and done.result["config_version"] == 7
+    # set_config takes the documented dotted form (fleet command --arg telemetry.interval_s=30) and
+    # the nested one, and refuses what a real agent refuses, in the same words (agent.config).
+    done = _ask(obs, cam, _command("c-cfg", "set_config", {"telemetry.interval_s": 30}), "c-cfg")
+    assert done.status == "ok", done.error
+    assert done.result == {"local_revision": 1, "changed": ["telemetry"], "restart_required": False}
+    nested = _ask(obs, cam, _command("c-cfg2", "set_config", {"telemetry": {"qos": 1}}), "c-cfg2")
+    assert nested.status == "ok" and nested.result["local_revision"] == 2
+    unknown = _ask(obs, cam, _command("c-cfg3", "set_config", {"telemetry.every": 5}), "c-cfg3")
+    assert unknown.status == "error" and "telemetry.every" in (unknown.error or "")
     obs.wait_for(
-        lambda ms: any(m.json()["config_version"] == 7 for m in ms), f"{cam}/shadow/reported", 10, "shadow v7"
+        lambda ms: any(m.json().get("local_revision") == 2 for m in ms), f"{cam}/shadow/reported", 10, "rev 2"
     )
     logs = _ask(obs, cam, _command("c-logs", "get_logs", {"lines": 5}), "c-logs")
     assert logs.status == "ok" and 0 < len(logs.result["lines"]) <= 5
