@@ -19,11 +19,11 @@ from cobs import cobs
 from crc import Calculator, Configuration
 
 VERSION = 1
-MAX_BODY = 250
-"""Largest decoded body: 4 header bytes + payload (≤ 244) + 2 CRC bytes."""
+MAX_BODY = 500
+"""Largest decoded body: 4 header bytes + payload (≤ 494) + 2 CRC bytes."""
 MAX_PAYLOAD = MAX_BODY - 6
-MAX_ENCODED = MAX_BODY + 2
-"""COBS adds one byte per 254 (so one here) and the delimiter is not counted."""
+MAX_ENCODED = MAX_BODY + 3
+"""COBS adds one byte per 254 (two here; the delimiter is not counted)."""
 _CCITT_FALSE = Configuration(
     width=16,
     polynomial=0x1021,
