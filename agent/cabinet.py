@@ -248,7 +248,9 @@ class CabinetMonitor:
         self._report_metrics(status_metrics(status))
         phase = status.get("phase")
         if isinstance(phase, str) and not self.phases.snapshot() and phase != "unknown":
-            self.phases.record(self._clock(), phase)  # the phase at start, before any change
+            board_t = status.get("t")
+            at = self.board.host_time(board_t) if isinstance(board_t, int) else None
+            self.phases.record(at if at is not None else self._clock(), phase)  # the phase at start
 
 
 def _reset_details(reset: dict[str, Any]) -> dict[str, Any]:

@@ -39,7 +39,8 @@ class ScriptedBoard:
         self.requests: list[Frame] = []
         self.acks: list[int] = []
         self.drop_next = 0
-        self.ticks = 1000
+        self.fixed_ticks: int | None = None
+        self._t0 = time.monotonic()
         self.handlers: dict[str, Handler] = {
             "hello": lambda _r: {
                 "ok": True,
@@ -54,6 +55,13 @@ class ScriptedBoard:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    @property
+    def ticks(self) -> int:
+        """The board's clock in ms: running with real time unless ``fixed_ticks`` freezes it."""
+        if self.fixed_ticks is not None:
+            return self.fixed_ticks
+        return int((time.monotonic() - self._t0) * 1000)
 
     def send(self, frame: Frame) -> None:
         os.write(self.master, self.codec.encode(frame))

@@ -83,9 +83,10 @@ def test_board_events_reach_the_broker_through_the_agent(
             Frame(FrameType.EVT, 6, {"ev": "power", "t": board.ticks, "on_battery": True, "battery_v": 11.2})
         )
         assert probe.wait_for("events/power.on_battery")["data"]["battery_v"] == 11.2
-        board.send(Frame(FrameType.EVT, 7, {"ev": "phase", "t": board.ticks, "phase": "red"}))
+        red_at = board.ticks
+        board.send(Frame(FrameType.EVT, 7, {"ev": "phase", "t": red_at, "phase": "red"}))
         phase = probe.wait_for("events/signal.phase")
-        assert phase["data"]["phase"] == "red" and phase["data"]["board_t_ms"] == board.ticks
+        assert phase["data"]["phase"] == "red" and phase["data"]["board_t_ms"] == red_at
         answer = agent.client.call("signal_phase")
         assert answer["phase"] == "red" and answer["changes"][-1][1] == "red"
         assert _red_light_fires(lambda: dict(agent.client.call("signal_phase")))

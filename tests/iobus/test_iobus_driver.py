@@ -78,7 +78,7 @@ def test_event_time_is_mapped_through_heartbeats(
     board: ScriptedBoard, host: tuple[SerialIoBoard, list[BoardEvent]]
 ) -> None:
     driver, events = host
-    board.ticks = 10_000
+    board.fixed_ticks = 10_000
     driver.heartbeat()
     offset = driver.clock_map.offset
     assert offset is not None
