@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from protocol.topics import DEFAULT_PREFIX
 
 
 def register(app: typer.Typer) -> None:
+    register_iob(app)
+
     @app.command("sim")
     def sim(
         broker: str = typer.Option(..., "--broker", help="Broker URL, mqtt://HOST:PORT."),
@@ -43,3 +47,71 @@ def register(app: typer.Typer) -> None:
             quiet=quiet,
         )
         raise typer.Exit(code)
+
+
+def register_iob(app: typer.Typer) -> None:
+    """``cityedge iob``: a software-in-the-loop cabinet I/O board (the real firmware, MicroPython)."""
+    iob = typer.Typer(help="Software-in-the-loop cabinet I/O board (real firmware, MicroPython).")
+    app.add_typer(iob, name="iob")
+
+    @iob.command("sim")
+    def iob_sim(
+        state_dir: Path = typer.Option(
+            ..., "--state-dir", help="Board flash, inputs, outputs and port link."
+        ),
+        usb: bool = typer.Option(True, "--usb/--no-usb", help="Serve its USB REPL for mpremote."),
+    ) -> None:
+        """Run one SIL board in the foreground until Ctrl-C; its UART is STATE_DIR/port."""
+        import signal
+        import threading
+
+        from hil.iobsil import SilBoard, SilError
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda _s, _f: stop.set())
+        try:
+            board = SilBoard(state_dir, usb=usb).start()
+        except SilError as exc:
+            typer.echo(f"cannot start the I/O board: {exc}", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(
+            f"I/O board firmware {board.installed_version()} running; UART {board.link} -> {board.port}"
+        )
+        if usb:
+            typer.echo(f"USB (mpremote): {board.usb_url}")
+        typer.echo(f"toggle its inputs: cityedge iob set --state-dir {state_dir} tamper=open")
+        try:
+            while not stop.wait(0.5):
+                if not board.alive and not board.usb:
+                    typer.echo(f"the I/O board stopped: {board.log_tail()}", err=True)
+                    raise typer.Exit(1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            board.stop()
+
+    @iob.command("set")
+    def iob_set(
+        assignments: list[str] = typer.Argument(
+            ..., help="NAME=VALUE: tamper=open, temp_c=70, battery_v=11…"
+        ),
+        state_dir: Path = typer.Option(..., "--state-dir", help="The SIL board's state directory."),
+    ) -> None:
+        """Change a SIL board's inputs (the cabinet door, temperature, supply, signal lamp)."""
+        import json
+
+        from hil.iobsil import SilBoard
+
+        known = {"tamper", "temp_c", "rh", "battery_v", "phase", "fan_rpm_when_on", "sensor_fail"}
+        values: dict[str, object] = {}
+        for item in assignments:
+            name, sep, raw = item.partition("=")
+            if not sep or name not in known:
+                typer.echo(f"{item!r}: use NAME=VALUE with NAME one of {', '.join(sorted(known))}", err=True)
+                raise typer.Exit(2)
+            try:
+                values[name] = json.loads(raw)
+            except ValueError:
+                values[name] = raw
+        current = SilBoard(state_dir).set_inputs(**values)
+        typer.echo(json.dumps(current, sort_keys=True))

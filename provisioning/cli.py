@@ -287,3 +287,83 @@ def _checks_table(checks: list[Any]) -> None:
 def register(app: typer.Typer) -> None:
     """Add the ``provision`` group to the ``cityedge`` command."""
     app.add_typer(build_provision_app(), name="provision")
+    register_firmware(app)
+
+
+def register_firmware(app: typer.Typer) -> None:
+    """``cityedge firmware``: build, flash and check the cabinet I/O board's firmware."""
+    fw = typer.Typer(help="Cabinet I/O board firmware: build (mpy-cross), flash (mpremote), status.")
+    app.add_typer(fw, name="firmware")
+
+    @fw.command("build")
+    def build_cmd(
+        out: Annotated[Path, typer.Option("--out", help="Folder to write the built firmware to.")],
+        version: Annotated[str | None, typer.Option(help="Version to stamp (default: the source's).")] = None,
+        as_json: JsonOut = False,
+    ) -> None:
+        """Compile the firmware to .mpy with a manifest of sha256 per file."""
+        from provisioning.firmware import build_firmware
+
+        try:
+            manifest = build_firmware(out, version=version)
+        except ProvisionError as exc:
+            raise _report_failure(exc, as_json) from None
+        lines = [f"firmware {manifest['version']}: {len(manifest['files'])} files in {out}"]
+        _print({"ok": True, "out": str(out), **manifest}, as_json, lines)
+
+    @fw.command("flash")
+    def flash_cmd(
+        port: Annotated[str, typer.Option("--port", help="The board's USB serial port (or socket://).")],
+        build: Annotated[
+            Path | None, typer.Option("--build", help="A built firmware folder (default: build now).")
+        ] = None,
+        as_json: JsonOut = False,
+    ) -> None:
+        """Copy, verify on the board, then switch; a cut copy never boots."""
+        import tempfile
+
+        from rich.progress import Progress
+
+        from provisioning.firmware import build_firmware, flash_firmware
+
+        console = screen_console()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                source = build or Path(tmp) / "build"
+                if build is None:
+                    build_firmware(source)
+                files = len(json.loads((source / "manifest.json").read_text())["files"])
+                with Progress(console=console, transient=True, disable=as_json) as bar:
+                    task = bar.add_task("flashing", total=files + 3)
+
+                    def step(message: str) -> None:
+                        bar.update(task, advance=1, description=message[:40])
+
+                    summary = flash_firmware(source, port, progress=step)
+        except ProvisionError as exc:
+            raise _report_failure(exc, as_json) from None
+        except (OSError, ValueError, KeyError) as exc:
+            failure = ProvisionError(
+                f"no usable firmware build: {exc}", "run: cityedge firmware build --out DIR"
+            )
+            raise _report_failure(failure, as_json) from None
+        lines = [f"flashed firmware {summary['version']} ({summary['files']} files, verified) to {port}"]
+        _print({"ok": True, **summary}, as_json, lines)
+
+    @fw.command("status")
+    def status_cmd(
+        port: Annotated[str, typer.Option("--port", help="The board's USB serial port (or socket://).")],
+        as_json: JsonOut = False,
+    ) -> None:
+        """The firmware version on the board and whether an update is staged."""
+        from provisioning.firmware import board_status
+
+        try:
+            doc = board_status(port)
+        except ProvisionError as exc:
+            raise _report_failure(exc, as_json) from None
+        lines = [
+            f"firmware  {doc['version'] or 'none installed'} ({doc['files']} files)",
+            f"staged    {'an update is staged in next/' if doc['update_staged'] else 'nothing'}",
+        ]
+        _print({"ok": True, **doc}, as_json, lines)
