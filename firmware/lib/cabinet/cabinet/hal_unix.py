@@ -2,7 +2,7 @@
 
 UART: stdin/stdout (the SIL launcher connects them to a pty). Inputs (tamper, temperature,
 humidity, supply voltage, signal, fan tach, sensor failure) come from the JSON file named by
-CITYEDGE_IOB_INPUTS, re-read when it changes; outputs (relay, fan, LEDs, relay cycles) go to the
+CITYEDGE_IOB_INPUTS, re-read every 50 ms; outputs (relay, fan, LEDs, relay cycles) go to the
 JSON file named by CITYEDGE_IOB_OUTPUTS; "flash" is the folder CITYEDGE_IOB_FLASH. The SHT3x is
 reached through a simulated I2C bus answering with real SHT3x bytes, so the real driver runs.
 """
@@ -52,7 +52,6 @@ class UnixHal:
         self.outputs_path = os.getenv("CITYEDGE_IOB_OUTPUTS") or "iob-outputs.json"
         self.flash = os.getenv("CITYEDGE_IOB_FLASH") or "."
         self.inputs = dict(DEFAULT_INPUTS)
-        self._inputs_mtime = None
         self._next_inputs = 0
         self.outputs = {"relay": True, "fan": False, "leds": {}, "relay_cycles": 0}
         self._poll = select.poll()
@@ -97,25 +96,19 @@ class UnixHal:
 
     # inputs
     def _reload_inputs(self):
-        try:
-            mtime = os.stat(self.inputs_path)[8]
-        except OSError:
-            return
-        if mtime == self._inputs_mtime:
-            return
+        # Re-read every time (50 ms apart): the unix port's stat() has whole-second mtimes.
         try:
             with open(self.inputs_path) as handle:
                 loaded = json.load(handle)
         except (OSError, ValueError):
-            return  # being replaced: read it next time
-        self._inputs_mtime = mtime
+            return  # missing or being replaced: keep the last inputs
         self.inputs = dict(DEFAULT_INPUTS)
         self.inputs.update(loaded)
 
     def _fresh(self):
         now = time.ticks_ms()
         if time.ticks_diff(now, self._next_inputs) >= 0:
-            self._next_inputs = time.ticks_add(now, 20)
+            self._next_inputs = time.ticks_add(now, 50)
             self._reload_inputs()
         return self.inputs
 
