@@ -3,6 +3,7 @@ mpy-cross, and its frame codec checked against the host's (same bytes, same verd
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -63,9 +64,7 @@ def fw_frame() -> Iterator[ModuleType]:
     """The firmware's frame module, imported by CPython (it is plain Python)."""
     sys.path.insert(0, str(FIRMWARE_DIR / "lib" / "iob"))
     try:
-        from iob import frame
-
-        yield frame
+        yield importlib.import_module("iob.frame")
     finally:
         sys.path.remove(str(FIRMWARE_DIR / "lib" / "iob"))
         for name in [m for m in sys.modules if m == "iob" or m.startswith("iob.")]:
