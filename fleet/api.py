@@ -24,6 +24,7 @@ from fleet.apimodels import (
     HealthOut,
     IngestErrorOut,
     IngestOut,
+    OverviewOut,
     ReleaseIn,
     StatsOut,
 )
@@ -39,8 +40,10 @@ from fleet.desired import (
     DowngradeRefused,
     InvalidDesired,
 )
+from fleet.devicequery import DeviceFilter
 from fleet.inbound import OVERSIZED
 from fleet.metrics import render_metrics
+from fleet.paging import device_filter, set_page_headers
 from fleet.privacy import redact_event
 from fleet.service import FleetService
 
@@ -61,8 +64,21 @@ def api_router() -> APIRouter:
     router = APIRouter(prefix="/api", tags=["fleet"])
 
     @router.get("/devices", response_model=list[DeviceOut], dependencies=[Depends(require(DEVICES_READ))])
-    def list_devices(request: Request, role: str | None = None, online: bool | None = None) -> Any:
-        return fleet_of(request).store.devices(role=role, online=online)
+    def list_devices(
+        request: Request,
+        response: Response,
+        flt: Annotated[DeviceFilter, Depends(device_filter)],
+    ) -> Any:
+        """One page of devices. The total matching the filter is in ``X-Total-Count``; the next
+        page, when there is one, in ``Link: <...>; rel="next"`` (and ``X-Next-Offset``)."""
+        rows, total = fleet_of(request).store.device_page(flt)
+        set_page_headers(request, response, flt, len(rows), total or 0)
+        return rows
+
+    @router.get("/overview", response_model=OverviewOut, dependencies=[Depends(require(DEVICES_READ))])
+    def overview(request: Request) -> Any:
+        """Devices by site (online, silent, offline, revoked, alerting) and by version."""
+        return fleet_of(request).store.overview()
 
     @router.get(
         "/devices/{device_id}", response_model=DeviceOut, dependencies=[Depends(require(DEVICES_READ))]

@@ -29,6 +29,7 @@ from fleet.db import (
     gaps,
     insert_events,
     insert_ignore,
+    site_of,
     touch_devices,
 )
 from fleet.inbound import Inbound
@@ -153,7 +154,10 @@ def _lock_devices(conn: Connection, items: Sequence[Inbound], known: set[str]) -
             first[device] = item.received_at
 
     def register(ids: Sequence[str]) -> None:
-        rows = [{"id": d, "online": False, "first_seen": first[d], "last_seen": first[d]} for d in ids]
+        rows = [
+            {"id": d, "online": False, "first_seen": first[d], "last_seen": first[d], "site": site_of(d)}
+            for d in ids
+        ]
         conn.execute(insert_ignore(devices, conn.dialect), rows)
 
     ids = sorted(first)

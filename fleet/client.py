@@ -102,14 +102,22 @@ class FleetClient:
             return " (the token's role may not do this; ask for a token with a role that may)"
         return ""
 
-    def devices(self, *, role: str | None = None, online: bool | None = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {}
+    def devices(
+        self, *, role: str | None = None, online: bool | None = None, page_size: int = 1000, **filters: str
+    ) -> list[dict[str, Any]]:
+        """Every device matching the filter, fetched a page at a time (the API pages its answer)."""
+        params: dict[str, Any] = {"limit": page_size, **filters}
         if role is not None:
             params["role"] = role
         if online is not None:
             params["online"] = str(online).lower()
-        result: list[dict[str, Any]] = self._request("GET", "/api/devices", params=params)
-        return result
+        result: list[dict[str, Any]] = []
+        while True:
+            page: list[dict[str, Any]] = self._request("GET", "/api/devices", params=params)
+            result += page
+            if len(page) < page_size:
+                return result
+            params["offset"] = len(result)
 
     def events(self, device: str, *, limit: int = 50, kind: str | None = None) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}

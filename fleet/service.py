@@ -56,6 +56,7 @@ class FleetService:
         self.topics = Topics(config.topic_prefix)
         self.stats = IngestStats()
         self.store = store or Store(config.db_url)
+        self.store.silent_after_s = config.silent_after_s
         self.signer: CommandSigner = signer or UnsignedSigner()
         self.rpc_registry = rpc_registry or default_registry()
         self.inventory = open_inventory(config.pki_dir, config.pki_db_url)
