@@ -12,7 +12,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.staticfiles import StaticFiles
 
+from fleet.alerts import acknowledge, list_alerts, open_counts
 from fleet.apimodels import (
+    AckIn,
+    AlertOut,
     CommandCreated,
     CommandIn,
     CommandOut,
@@ -27,8 +30,9 @@ from fleet.apimodels import (
     OverviewOut,
     ReleaseIn,
     StatsOut,
+    TelemetryPoint,
 )
-from fleet.auth.deps import AuthContext, check_routes, public_mount, require
+from fleet.auth.deps import AuthContext, check_routes, principal_of, public_mount, require
 from fleet.auth.permissions import COMMANDS_SEND, DEVICES_READ, METRICS_READ, PUBLIC, RELEASES_MANAGE
 from fleet.auth.routes import parse_since
 from fleet.commands import InvalidCommand, SigningFailed, UnknownDevice
@@ -78,7 +82,64 @@ def api_router() -> APIRouter:
     @router.get("/overview", response_model=OverviewOut, dependencies=[Depends(require(DEVICES_READ))])
     def overview(request: Request) -> Any:
         """Devices by site (online, silent, offline, revoked, alerting) and by version."""
-        return fleet_of(request).store.overview()
+        store = fleet_of(request).store
+        return {**store.overview(), "alerts": open_counts(store)}
+
+    @router.get("/alerts", response_model=list[AlertOut], dependencies=[Depends(require(DEVICES_READ))])
+    def get_alerts(
+        request: Request,
+        response: Response,
+        open: bool = True,
+        device: Annotated[str | None, Query(max_length=64)] = None,
+        kind: Annotated[str | None, Query(max_length=32)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> Any:
+        """Alerts computed by the fleet, newest first (open ones only unless ``open=false``);
+        the total is in ``X-Total-Count``."""
+        rows, total = list_alerts(
+            fleet_of(request).store, open_only=open, device=device, kind=kind, limit=limit, offset=offset
+        )
+        response.headers["X-Total-Count"] = str(total)
+        return rows
+
+    @router.post(
+        "/alerts/{alert_id}/ack", response_model=AlertOut, dependencies=[Depends(require(COMMANDS_SEND))]
+    )
+    def ack_alert(request: Request, alert_id: int, body: AckIn) -> Any:
+        """Acknowledge an alert with a note (on the audit trail; a latched alert is resolved)."""
+        principal = principal_of(request)
+        by = principal.name if principal is not None else "unknown"
+        row = acknowledge(fleet_of(request).store, alert_id, by=by, note=body.note)
+        if row is None:
+            raise HTTPException(404, f"no alert with id {alert_id}")
+        return row
+
+    @router.get(
+        "/devices/{device_id}/commands",
+        response_model=list[CommandOut],
+        dependencies=[Depends(require(DEVICES_READ))],
+    )
+    def device_commands(
+        request: Request, device_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    ) -> Any:
+        """Commands sent to the device, newest first, with their results."""
+        service = fleet_of(request)
+        _device_or_404(service, device_id)
+        return service.store.commands_of(device_id, limit=limit)
+
+    @router.get(
+        "/devices/{device_id}/telemetry",
+        response_model=list[TelemetryPoint],
+        dependencies=[Depends(require(DEVICES_READ))],
+    )
+    def device_telemetry(
+        request: Request, device_id: str, hours: Annotated[float, Query(gt=0, le=168)] = 24
+    ) -> Any:
+        """Telemetry history in 1-minute rollups (mean of each value in that minute)."""
+        service = fleet_of(request)
+        _device_or_404(service, device_id)
+        return service.store.telemetry_history(device_id, hours=hours)
 
     @router.get(
         "/devices/{device_id}", response_model=DeviceOut, dependencies=[Depends(require(DEVICES_READ))]

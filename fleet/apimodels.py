@@ -62,6 +62,37 @@ class VersionOverview(StateCounts):
 class OverviewOut(BaseModel):
     sites: list[SiteOverview]
     versions: list[VersionOverview]
+    alerts: dict[str, int] = Field(default_factory=dict, description="Open alerts by kind.")
+
+
+class AlertOut(BaseModel):
+    id: int
+    device: str
+    kind: str = Field(description="offline, overheat, tamper, on_battery, disk_low, clock_skew, ...")
+    severity: str = Field(description="critical or warning.")
+    summary: str
+    detail: dict[str, Any]
+    started_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None = Field(default=None, description="Null while the alert is open.")
+    acked_at: datetime | None = None
+    acked_by: str | None = None
+    ack_note: str | None = None
+
+
+class TelemetryPoint(BaseModel):
+    minute: datetime = Field(description="Start of the minute (UTC).")
+    n: int = Field(description="Telemetry messages in that minute.")
+    cpu_pct: float | None = None
+    mem_pct: float | None = None
+    disk_pct: float | None = None
+    temp_c: float | None = None
+
+
+class AckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(min_length=1, max_length=2000, description="What was done or why it can wait.")
 
 
 class EventOut(BaseModel):

@@ -34,6 +34,7 @@ from fleet.db import (
 )
 from fleet.inbound import Inbound
 from fleet.otastate import record_ota
+from fleet.telemetryhist import record_telemetry
 from protocol.timefmt import parse_ts
 
 
@@ -72,6 +73,7 @@ def apply_batch(
             states[str(item.device)].fold(item, retained_floor)
         _store_events(conn, [i for i in good if i.family == "events"], states, out)
         _store_command_results(conn, [i for i in good if i.family == "commands/res"], out)
+        record_telemetry(conn, [i for i in good if i.family == "telemetry"])  # 1-minute history
         _save_devices(conn, states)
     if rejected:
         _count_rejected(conn, rejected)

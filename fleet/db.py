@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Dialect,
     Engine,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -232,6 +233,21 @@ alerts = Table(
     Index("ix_alerts_open", "resolved_at", "kind"),
 )
 """Alerts computed by the fleet (fleet/alerts.py): at most one open alert per device and kind."""
+
+
+telemetry_1m = Table(
+    "telemetry_1m",
+    metadata,
+    Column("device", ID, primary_key=True),
+    Column("minute", UtcDateTime, primary_key=True),
+    Column("n", Integer, nullable=False),
+    Column("cpu_pct", Float),
+    Column("mem_pct", Float),
+    Column("disk_pct", Float),
+    Column("temp_c", Float),
+    Index("ix_telemetry_1m_minute", "minute"),
+)
+"""Telemetry of each device per minute: message count and sums (fleet/telemetryhist.py)."""
 
 
 def _prepare_sqlite(url: str) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, func, select, text
@@ -33,6 +33,7 @@ from fleet.devicequery import (
 )
 from fleet.inbound import Inbound
 from fleet.pki_store import DeviceRevocation
+from fleet.telemetryhist import history
 from protocol.timefmt import utc_now
 
 Row = dict[str, Any]
@@ -184,6 +185,21 @@ class Store:
         with self.reader.connect() as conn:
             row = conn.execute(select(commands).where(commands.c.id == command_id)).mappings().first()
             return dict(row) if row is not None else None
+
+    def commands_of(self, device: str, *, limit: int = 50) -> list[Row]:
+        """Commands sent to ``device``, newest first, with their results."""
+        query = (
+            select(commands)
+            .where(commands.c.device == device)
+            .order_by(commands.c.issued_at.desc(), commands.c.id.desc())
+            .limit(limit)
+        )
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def telemetry_history(self, device: str, *, hours: float = 24.0) -> list[Row]:
+        """1-minute telemetry rollups of the last ``hours`` (fleet/telemetryhist.py)."""
+        return history(self.reader, device, utc_now() - timedelta(hours=hours))
 
     def ingest_errors(self) -> list[Row]:
         query = select(ingest_errors).order_by(ingest_errors.c.reason, ingest_errors.c.family)
