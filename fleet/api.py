@@ -333,9 +333,14 @@ def create_app(
     for router in extra_routers:
         app.include_router(router)
     if dashboard:
-        from fleet.dashboard import STATIC_DIR, dashboard_router
+        from fleet.apidocs import api_docs_router
+        from fleet.dashboard import STATIC_DIR, dashboard_router, make_templates
+        from fleet.errorpages import install_error_pages
 
+        templates = make_templates()
         app.include_router(dashboard_router())
+        app.include_router(api_docs_router(app, templates))
+        install_error_pages(app, templates)
         app.router.routes.append(public_mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
     annotate_openapi(app)
     check_routes(app.routes)  # fail closed: a route without a declared permission is never served

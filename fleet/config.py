@@ -124,7 +124,7 @@ class FleetConfig(BaseModel):
         "telemetry periods) is shown as silent and not counted online.",
     )
     alert_interval_s: float = Field(
-        default=15.0, gt=0, description="How often this worker evaluates the alert rules (fleet/alerts.py)."
+        default=30.0, gt=0, description="How often this worker evaluates the alert rules (fleet/alerts.py)."
     )
     command_max_ttl_s: float = Field(
         default=86_400.0, gt=0, description="Longest lifetime a command may ask for."

@@ -178,7 +178,6 @@ class FleetService:
 
     def _evaluate_alerts(self) -> None:
         from fleet.alerts import AlertEngine
-
         from fleet.telemetryhist import RETENTION, prune
 
         engine = AlertEngine(self.store, certificates=self.certificate_expiry)

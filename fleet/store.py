@@ -108,6 +108,12 @@ class Store:
             row = conn.execute(registry(self.cutoff()).where(devices.c.id == device_id)).mappings().first()
             return dict(row) if row is not None else None
 
+    def roles(self) -> list[str]:
+        """The roles devices reported (for the dashboard's filter)."""
+        query = select(devices.c.role).where(devices.c.role.is_not(None)).distinct().order_by(devices.c.role)
+        with self.reader.connect() as conn:
+            return [str(r) for r in conn.execute(query).scalars()]
+
     def overview(self) -> Row:
         """Devices by site and by version, each split by state, plus alerting devices by site."""
         by_site, by_version = overview_queries(self.cutoff())
