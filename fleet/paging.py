@@ -23,7 +23,11 @@ def device_filter(
     q: Annotated[str | None, Query(max_length=64, description="Part of the device id.")] = None,
     online: Annotated[bool | None, Query(description="Only online (true) or not online (false).")] = None,
     sort: Annotated[
-        str, Query(description=f"Sort key ({', '.join(SORTS)}); a leading '-' sorts descending.")
+        str,
+        Query(
+            description=f"Sort key ({', '.join(SORTS)}); a leading '-' sorts descending.",
+            pattern="^-?(" + "|".join(SORTS) + ")$",
+        ),
     ] = "id",
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = DEFAULT_LIMIT,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Devices to skip.")] = 0,
