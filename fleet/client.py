@@ -157,6 +157,14 @@ class FleetClient:
         result: dict[str, Any] = self._request("GET", f"/api/devices/{device}/desired")
         return result
 
+    def alerts(
+        self, *, open_only: bool = True, kind: str | None = None, device: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"open": str(open_only).lower(), "limit": limit}
+        params.update({k: v for k, v in {"kind": kind, "device": device}.items() if v})
+        result: list[dict[str, Any]] = self._request("GET", "/api/alerts", params=params)
+        return result
+
     def command(self, command_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._request("GET", f"/api/commands/{command_id}")
         return result
