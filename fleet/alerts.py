@@ -305,23 +305,21 @@ class AlertEngine:
                 "overheat_event": "cabinet overheat reported by the I/O board",
                 "on_battery": "mains lost: running on battery",
             }[kind]
-            result = conn.execute(
-                insert_ignore(alerts, conn.dialect),
-                [
-                    {
-                        "device": row["device"],
-                        "kind": "overheat" if kind == "overheat_event" else kind,
-                        "severity": "critical" if kind != "on_battery" else "warning",
-                        "summary": summary,
-                        "detail": {"event": row["kind"], "event_id": row["id"], **(row["data"] or {})},
-                        "started_at": row["received_at"],
-                        "updated_at": now,
-                        "open_key": f"{row['device']}/{kind}",
-                        "event_id": row["id"],
-                    }
-                ],
+            inserted = conn.execute(
+                insert_ignore(alerts, conn.dialect).returning(alerts.c.id),
+                {
+                    "device": row["device"],
+                    "kind": "overheat" if kind == "overheat_event" else kind,
+                    "severity": "critical" if kind != "on_battery" else "warning",
+                    "summary": summary,
+                    "detail": {"event": row["kind"], "event_id": row["id"], **(row["data"] or {})},
+                    "started_at": row["received_at"],
+                    "updated_at": now,
+                    "open_key": f"{row['device']}/{kind}",
+                    "event_id": row["id"],
+                },
             )
-            opened += int(result.rowcount or 0)
+            opened += len(inserted.all())  # 0: this event's alert exists already
         return opened, resolved
 
 
