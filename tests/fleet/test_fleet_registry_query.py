@@ -252,7 +252,8 @@ def test_schema_upgrade_adds_site_and_indexes(db_url: str) -> None:
     with old.writer.begin() as conn:
         conn.execute(
             text(
-                "CREATE TABLE devices (id VARCHAR(64) PRIMARY KEY, role TEXT, version TEXT, online BOOLEAN NOT NULL,"
+                "CREATE TABLE devices (id VARCHAR(64) PRIMARY KEY, role TEXT, version TEXT,"
+                " online BOOLEAN NOT NULL,"
                 " boot_id TEXT, first_seen TIMESTAMP NOT NULL, last_seen TIMESTAMP NOT NULL, status TEXT,"
                 " status_at TIMESTAMP, telemetry TEXT, telemetry_at TIMESTAMP, shadow_reported TEXT,"
                 " shadow_reported_at TIMESTAMP, shadow_desired TEXT, last_seq BIGINT)"
