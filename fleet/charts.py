@@ -21,7 +21,8 @@ def sparkline_svg(
     hours: float = 24.0,
     now: datetime | None = None,
 ) -> str:
-    """An SVG of ``key`` over the last ``hours`` (x: time, y: min..max of the values), with the
+    """An SVG of ``key`` over the last ``hours`` (x: time; y: 0–100 for percentages, else 0–100 or
+    wider when the values are), with the
     latest value, the range in words and a ``<title>`` for screen readers. Empty: a sentence."""
     values = [(p["minute"], float(p[key])) for p in points if p.get(key) is not None]
     if not values:
@@ -30,13 +31,14 @@ def sparkline_svg(
     start = now - timedelta(hours=hours)
     low = min(v for _, v in values)
     high = max(v for _, v in values)
-    span = (high - low) or 1.0
+    bottom, top = (0.0, 100.0) if unit == "%" else (min(0.0, low), max(100.0, high))  # a fixed scale
+    span = (top - bottom) or 1.0
 
     def x(moment: datetime) -> float:
         return PAD + (WIDTH - 2 * PAD) * max(0.0, (moment - start).total_seconds()) / (hours * 3600)
 
     def y(value: float) -> float:
-        return HEIGHT - PAD - (HEIGHT - 2 * PAD) * (value - low) / span
+        return HEIGHT - PAD - (HEIGHT - 2 * PAD) * (value - bottom) / span
 
     path = " ".join(f"{x(m):.1f},{y(v):.1f}" for m, v in values)
     last = values[-1][1]

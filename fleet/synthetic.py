@@ -84,3 +84,28 @@ def fill(store: Store, count: int, **options: Any) -> list[dict[str, Any]]:
         for part in chunks(rows, 1000):
             conn.execute(devices.insert(), list(part))
     return rows
+
+
+def fill_history(store: Store, device: str, *, hours: int = 24, seed: int = 7) -> int:
+    """A day of 1-minute telemetry rollups for ``device`` (two messages a minute, a daily cycle)."""
+    import math
+
+    from fleet.db import telemetry_1m
+
+    rng = random.Random(seed)
+    now = utc_now().replace(second=0, microsecond=0)
+    rows = []
+    for m in range(hours * 60, 0, -1):
+        minute = now - timedelta(minutes=m)
+        day = math.sin(2 * math.pi * (minute.hour * 60 + minute.minute) / 1440)
+        values = {
+            "cpu_pct": 30 + 15 * day + rng.uniform(-5, 5),
+            "mem_pct": 52 + rng.uniform(-2, 2),
+            "disk_pct": 61 + m * 0.0001,
+            "temp_c": 62 + 14 * day + rng.uniform(-1, 1) + (12 if m < 90 else 0),
+        }
+        rows.append({"device": device, "minute": minute, "n": 2, **{k: 2 * v for k, v in values.items()}})
+    with store.writer.begin() as conn:
+        for part in chunks(rows, 1000):
+            conn.execute(telemetry_1m.insert(), list(part))
+    return len(rows)
