@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.staticfiles import StaticFiles
 
 from fleet.alerts import acknowledge, list_alerts, open_counts
@@ -93,7 +93,7 @@ def api_router() -> APIRouter:
         device: Annotated[str | None, Query(max_length=64)] = None,
         kind: Annotated[str | None, Query(max_length=32)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     ) -> Any:
         """Alerts computed by the fleet, newest first (open ones only unless ``open=false``);
         the total is in ``X-Total-Count``."""
@@ -106,7 +106,7 @@ def api_router() -> APIRouter:
     @router.post(
         "/alerts/{alert_id}/ack", response_model=AlertOut, dependencies=[Depends(require(COMMANDS_SEND))]
     )
-    def ack_alert(request: Request, alert_id: int, body: AckIn) -> Any:
+    def ack_alert(request: Request, alert_id: Annotated[int, Path(ge=1, le=2**31 - 1)], body: AckIn) -> Any:
         """Acknowledge an alert with a note (on the audit trail; a latched alert is resolved)."""
         principal = principal_of(request)
         by = principal.name if principal is not None else "unknown"

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
 from starlette.concurrency import run_in_threadpool
@@ -265,7 +266,7 @@ def dashboard_router() -> APIRouter:
         kind: Annotated[str | None, Query(max_length=32)] = None,
         device: Annotated[str | None, Query(max_length=64)] = None,
         show: Annotated[str, Query(pattern="^(open|all)$")] = "open",
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     ) -> Response:
         store = fleet(request).store
         rows, total = list_alerts(
@@ -294,7 +295,7 @@ def dashboard_router() -> APIRouter:
         return templates.TemplateResponse(request, "alerts.html", context)
 
     @router.post("/alerts/{alert_id}/ack", dependencies=[Depends(require(COMMANDS_SEND))])
-    async def ack(request: Request, alert_id: int) -> Response:
+    async def ack(request: Request, alert_id: Annotated[int, PathParam(ge=1, le=2**31 - 1)]) -> Response:
         """The alerts page's form (url-encoded ``note``); the route is on the audit trail."""
         body = await request.body()
         if len(body) > 65_536:
