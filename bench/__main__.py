@@ -14,6 +14,7 @@ ALL = (
     "agent_idle",
     "fleet_ingest",
     "fleet_auth",
+    "fleet_devices",
     "tls_connect",
     "command_verify",
     "camera_detector",

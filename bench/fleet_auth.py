@@ -6,7 +6,7 @@ authentication (a bare app with the same handler), served side by side in the sa
 
 Both apps run in uvicorn on loopback over one SQLite store; one httpx client alternates runs of
 ``--requests`` requests to each (first request of each run discarded). Printed: median latency of
-each and their ratio (target: authenticated ≤ 1.10 × unauthenticated), for the full list and for
+each and their ratio (target: authenticated ≤ 1.10 × unauthenticated), for a page of 1000 devices and for
 a filtered query that returns no device (where the check is most of the work).
 """
 
@@ -21,10 +21,10 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 
 from bench import common
 from fleet.api import create_app
@@ -33,6 +33,8 @@ from fleet.auth.tokens import issue
 from fleet.broker import free_port
 from fleet.config import FleetConfig
 from fleet.db import devices
+from fleet.devicequery import DeviceFilter
+from fleet.paging import device_filter
 from fleet.service import FleetService
 from protocol.timefmt import utc_now
 
@@ -70,8 +72,8 @@ def bare_app(service: FleetService) -> FastAPI:
     app.state.fleet = service
 
     @app.get("/api/devices", response_model=list[DeviceOut])
-    def list_devices(request: Request, role: str | None = None, online: bool | None = None) -> Any:
-        return request.app.state.fleet.store.devices(role=role, online=online)
+    def list_devices(request: Request, flt: Annotated[DeviceFilter, Depends(device_filter)]) -> Any:
+        return request.app.state.fleet.store.device_page(flt)[0]
 
     return app
 
@@ -130,7 +132,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             serving(bare_app(service)) as bare,
             httpx.Client(timeout=60) as client,
         ):
-            for label, params in (("full list", {}), ("empty result", {"role": "none"})):
+            for label, params in (("page of 1000", {"limit": "1000"}), ("empty result", {"role": "none"})):
                 ours: list[float] = []
                 base: list[float] = []
                 for _ in range(args.runs):  # alternate, so drift hits both alike
@@ -159,7 +161,7 @@ def main() -> int:
         print(json.dumps(results, indent=1))
         return 0
     ok = True
-    for label in ("full list", "empty result"):
+    for label in ("page of 1000", "empty result"):
         ours, base = results[label]["bearer_ms"], results[label]["none_ms"]
         ratio = common.report(
             f"GET /api/devices, {label}, {args.devices} devices, bearer token",
@@ -167,11 +169,11 @@ def main() -> int:
             ours,
             base,
             baseline_name="no authentication",
-            target=f"<= {TARGET:.2f}" if label == "full list" else "",
+            target=f"<= {TARGET:.2f}" if label == "page of 1000" else "",
             digits=2,
         )
         print(f"  cost of the check: {common.median(ours) - common.median(base):.2f} ms per request")
-        if label == "full list":
+        if label == "page of 1000":
             ok = ratio <= TARGET
     return 0 if ok else 1
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.staticfiles import StaticFiles
 
+from fleet.alerts import acknowledge, list_alerts, open_counts
 from fleet.apimodels import (
+    AckIn,
+    AlertOut,
     CommandCreated,
     CommandIn,
     CommandOut,
@@ -24,10 +27,12 @@ from fleet.apimodels import (
     HealthOut,
     IngestErrorOut,
     IngestOut,
+    OverviewOut,
     ReleaseIn,
     StatsOut,
+    TelemetryPoint,
 )
-from fleet.auth.deps import AuthContext, check_routes, public_mount, require
+from fleet.auth.deps import AuthContext, check_routes, principal_of, public_mount, require
 from fleet.auth.permissions import COMMANDS_SEND, DEVICES_READ, METRICS_READ, PUBLIC, RELEASES_MANAGE
 from fleet.auth.routes import parse_since
 from fleet.commands import InvalidCommand, SigningFailed, UnknownDevice
@@ -39,8 +44,10 @@ from fleet.desired import (
     DowngradeRefused,
     InvalidDesired,
 )
+from fleet.devicequery import DeviceFilter
 from fleet.inbound import OVERSIZED
 from fleet.metrics import render_metrics
+from fleet.paging import device_filter, set_page_headers
 from fleet.privacy import redact_event
 from fleet.service import FleetService
 
@@ -61,8 +68,78 @@ def api_router() -> APIRouter:
     router = APIRouter(prefix="/api", tags=["fleet"])
 
     @router.get("/devices", response_model=list[DeviceOut], dependencies=[Depends(require(DEVICES_READ))])
-    def list_devices(request: Request, role: str | None = None, online: bool | None = None) -> Any:
-        return fleet_of(request).store.devices(role=role, online=online)
+    def list_devices(
+        request: Request,
+        response: Response,
+        flt: Annotated[DeviceFilter, Depends(device_filter)],
+    ) -> Any:
+        """One page of devices. The total matching the filter is in ``X-Total-Count``; the next
+        page, when there is one, in ``Link: <...>; rel="next"`` (and ``X-Next-Offset``)."""
+        rows, total = fleet_of(request).store.device_page(flt)
+        set_page_headers(request, response, flt, len(rows), total or 0)
+        return rows
+
+    @router.get("/overview", response_model=OverviewOut, dependencies=[Depends(require(DEVICES_READ))])
+    def overview(request: Request) -> Any:
+        """Devices by site (online, silent, offline, revoked, alerting) and by version."""
+        store = fleet_of(request).store
+        return {**store.overview(), "alerts": open_counts(store)}
+
+    @router.get("/alerts", response_model=list[AlertOut], dependencies=[Depends(require(DEVICES_READ))])
+    def get_alerts(
+        request: Request,
+        response: Response,
+        open: bool = True,
+        device: Annotated[str | None, Query(max_length=64)] = None,
+        kind: Annotated[str | None, Query(max_length=32)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    ) -> Any:
+        """Alerts computed by the fleet, newest first (open ones only unless ``open=false``);
+        the total is in ``X-Total-Count``."""
+        rows, total = list_alerts(
+            fleet_of(request).store, open_only=open, device=device, kind=kind, limit=limit, offset=offset
+        )
+        response.headers["X-Total-Count"] = str(total)
+        return rows
+
+    @router.post(
+        "/alerts/{alert_id}/ack", response_model=AlertOut, dependencies=[Depends(require(COMMANDS_SEND))]
+    )
+    def ack_alert(request: Request, alert_id: Annotated[int, Path(ge=1, le=2**31 - 1)], body: AckIn) -> Any:
+        """Acknowledge an alert with a note (on the audit trail; a latched alert is resolved)."""
+        principal = principal_of(request)
+        by = principal.name if principal is not None else "unknown"
+        row = acknowledge(fleet_of(request).store, alert_id, by=by, note=body.note)
+        if row is None:
+            raise HTTPException(404, f"no alert with id {alert_id}")
+        return row
+
+    @router.get(
+        "/devices/{device_id}/commands",
+        response_model=list[CommandOut],
+        dependencies=[Depends(require(DEVICES_READ))],
+    )
+    def device_commands(
+        request: Request, device_id: str, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    ) -> Any:
+        """Commands sent to the device, newest first, with their results."""
+        service = fleet_of(request)
+        _device_or_404(service, device_id)
+        return service.store.commands_of(device_id, limit=limit)
+
+    @router.get(
+        "/devices/{device_id}/telemetry",
+        response_model=list[TelemetryPoint],
+        dependencies=[Depends(require(DEVICES_READ))],
+    )
+    def device_telemetry(
+        request: Request, device_id: str, hours: Annotated[float, Query(gt=0, le=168)] = 24
+    ) -> Any:
+        """Telemetry history in 1-minute rollups (mean of each value in that minute)."""
+        service = fleet_of(request)
+        _device_or_404(service, device_id)
+        return service.store.telemetry_history(device_id, hours=hours)
 
     @router.get(
         "/devices/{device_id}", response_model=DeviceOut, dependencies=[Depends(require(DEVICES_READ))]
@@ -256,9 +333,14 @@ def create_app(
     for router in extra_routers:
         app.include_router(router)
     if dashboard:
-        from fleet.dashboard import STATIC_DIR, dashboard_router
+        from fleet.apidocs import api_docs_router
+        from fleet.dashboard import STATIC_DIR, dashboard_router, make_templates
+        from fleet.errorpages import install_error_pages
 
+        templates = make_templates()
         app.include_router(dashboard_router())
+        app.include_router(api_docs_router(app, templates))
+        install_error_pages(app, templates)
         app.router.routes.append(public_mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))
     annotate_openapi(app)
     check_routes(app.routes)  # fail closed: a route without a declared permission is never served

@@ -12,8 +12,17 @@ class DeviceOut(BaseModel):
     id: str = Field(description="Device id (MQTT client id, certificate CN).")
     role: str | None = Field(default=None, description="Role from the device status (kiosk, camera, ...).")
     version: str | None = Field(default=None, description="Agent version from the device status.")
+    site: str | None = Field(
+        default=None, description="Site/ward code taken from the id (cam-hn-gbt-0042: hn-gbt)."
+    )
     online: bool = Field(
-        description="Online according to the retained status / last will; never true for a revoked device."
+        description="Online: the retained status says so and the device was heard from lately "
+        "(see state); never true for a revoked device."
+    )
+    state: str = Field(
+        default="offline",
+        description="online, silent (status online but nothing heard for longer than the fleet's "
+        "silent_after_s), offline (status offline, e.g. its last will) or revoked.",
     )
     revoked: bool = Field(
         default=False, description="Every certificate of the device is revoked: it is cut off from the city."
@@ -31,6 +40,59 @@ class DeviceOut(BaseModel):
     shadow_reported: dict[str, Any] | None = Field(default=None, description="Last reported shadow.")
     shadow_desired: dict[str, Any] | None = Field(default=None, description="Desired shadow, when set.")
     last_seq: int | None = Field(default=None, description="Highest event seq received.")
+
+
+class StateCounts(BaseModel):
+    total: int
+    online: int
+    silent: int
+    offline: int
+    revoked: int
+
+
+class SiteOverview(StateCounts):
+    site: str = Field(description="Site/ward code ('' for devices whose id names none).")
+    alerting: int = Field(description="Devices of the site with at least one open alert.")
+
+
+class VersionOverview(StateCounts):
+    version: str = Field(description="Agent version ('' when not reported yet).")
+
+
+class OverviewOut(BaseModel):
+    sites: list[SiteOverview]
+    versions: list[VersionOverview]
+    alerts: dict[str, int] = Field(default_factory=dict, description="Open alerts by kind.")
+
+
+class AlertOut(BaseModel):
+    id: int
+    device: str
+    kind: str = Field(description="offline, overheat, tamper, on_battery, disk_low, clock_skew, ...")
+    severity: str = Field(description="critical or warning.")
+    summary: str
+    detail: dict[str, Any]
+    started_at: datetime
+    updated_at: datetime
+    resolved_at: datetime | None = Field(default=None, description="Null while the alert is open.")
+    acked_at: datetime | None = None
+    acked_by: str | None = None
+    ack_note: str | None = None
+
+
+class TelemetryPoint(BaseModel):
+    minute: datetime = Field(description="Start of the minute (UTC).")
+    n: int = Field(description="Telemetry messages in that minute.")
+    cpu_pct: float | None = None
+    mem_pct: float | None = None
+    disk_pct: float | None = None
+    temp_c: float | None = None
+
+
+class AckIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: str = Field(min_length=1, max_length=2000, description="What was done or why it can wait.")
 
 
 class EventOut(BaseModel):
@@ -120,6 +182,7 @@ class IngestOut(BaseModel):
 class StatsOut(BaseModel):
     devices: int
     devices_online: int
+    devices_silent: int = Field(default=0, description="Status online but nothing heard lately.")
     events: int
     gaps_open: int
     commands: dict[str, int] = Field(description="Commands by status.")

@@ -29,10 +29,12 @@ from fleet.db import (
     gaps,
     insert_events,
     insert_ignore,
+    site_of,
     touch_devices,
 )
 from fleet.inbound import Inbound
 from fleet.otastate import record_ota
+from fleet.telemetryhist import record_telemetry
 from protocol.timefmt import parse_ts
 
 
@@ -71,6 +73,7 @@ def apply_batch(
             states[str(item.device)].fold(item, retained_floor)
         _store_events(conn, [i for i in good if i.family == "events"], states, out)
         _store_command_results(conn, [i for i in good if i.family == "commands/res"], out)
+        record_telemetry(conn, [i for i in good if i.family == "telemetry"])  # 1-minute history
         _save_devices(conn, states)
     if rejected:
         _count_rejected(conn, rejected)
@@ -153,7 +156,10 @@ def _lock_devices(conn: Connection, items: Sequence[Inbound], known: set[str]) -
             first[device] = item.received_at
 
     def register(ids: Sequence[str]) -> None:
-        rows = [{"id": d, "online": False, "first_seen": first[d], "last_seen": first[d]} for d in ids]
+        rows = [
+            {"id": d, "online": False, "first_seen": first[d], "last_seen": first[d], "site": site_of(d)}
+            for d in ids
+        ]
         conn.execute(insert_ignore(devices, conn.dialect), rows)
 
     ids = sorted(first)

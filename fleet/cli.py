@@ -204,15 +204,23 @@ def devices_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     role: Annotated[str | None, typer.Option(help="Only devices with this role.")] = None,
     online: Annotated[bool, typer.Option("--online", help="Only devices that are online.")] = False,
+    site: Annotated[str | None, typer.Option(help="Only devices of this site/ward (e.g. hn-gbt).")] = None,
+    status: Annotated[
+        str | None, typer.Option(help="Only devices in this state: online, silent, offline, revoked.")
+    ] = None,
+    search: Annotated[str | None, typer.Option(help="Only devices whose id contains this.")] = None,
     token_file: TokenFileOpt = None,
 ) -> None:
-    """List the devices the fleet knows."""
+    """List the devices the fleet knows (fetched a page at a time)."""
     from fleet.client import FleetApiError
     from fleet.clifmt import devices_table, print_table
 
     try:
         with api_client(api, token_file) as client:
-            rows = client.devices(role=role, online=True if online else None)
+            filters = {"site": site, "status": status, "q": search}
+            rows = client.devices(
+                role=role, online=True if online else None, **{k: v for k, v in filters.items() if v}
+            )
     except FleetApiError as exc:
         raise _fail(str(exc)) from exc
     if as_json:
@@ -259,6 +267,62 @@ def command_cmd(
             raise typer.Exit(1)
 
 
+def command_result_cmd(
+    command_id: Annotated[str, typer.Argument(help="Command id (printed by `fleet command`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    api: ApiOpt = DEFAULT_API,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """Show an earlier command's state and result (exit 1 if it did not succeed, 2 while pending)."""
+    from fleet.client import FleetApiError
+
+    try:
+        with api_client(api, token_file) as client:
+            state = client.command(command_id)
+    except FleetApiError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(state, indent=2))
+    else:
+        detail = (
+            json.dumps(state.get("result") or {}) if state["status"] == "ok" else state.get("error") or ""
+        )
+        answered = f" answered {state['answered_at']}" if state.get("answered_at") else ""
+        typer.echo(
+            f"{state['id']} {state['device']} {state['name']} {state['status']}{answered} {detail}".rstrip()
+        )
+    if state["status"] == "pending":
+        raise typer.Exit(2)
+    if state["status"] != "ok":
+        raise typer.Exit(1)
+
+
+def alerts_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    kind: Annotated[
+        str | None, typer.Option(help="Only alerts of this kind (offline, overheat, ...).")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="Only alerts of this device.")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Resolved alerts too.")] = False,
+    limit: Annotated[int, typer.Option(help="How many (newest first).")] = 100,
+    api: ApiOpt = DEFAULT_API,
+    token_file: TokenFileOpt = None,
+) -> None:
+    """List the alerts the fleet computed (open ones unless --all)."""
+    from fleet.client import FleetApiError
+    from fleet.clifmt import alerts_table, print_table
+
+    try:
+        with api_client(api, token_file) as client:
+            rows = client.alerts(open_only=not all_, kind=kind, device=device, limit=limit)
+    except FleetApiError as exc:
+        raise _fail(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        print_table(alerts_table(rows))
+
+
 def events_cmd(
     device: Annotated[str, typer.Argument(help="Device id.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -292,6 +356,8 @@ def register(app: typer.Typer) -> None:
     fleet.command("devices")(devices_cmd)
     fleet.command("command")(command_cmd)
     fleet.command("events")(events_cmd)
+    fleet.command("command-result")(command_result_cmd)
+    fleet.command("alerts")(alerts_cmd)
     from fleet.desired_cli import register_desired
 
     register_desired(fleet)  # set-release, clear-release, desired (OTA)

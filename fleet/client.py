@@ -102,14 +102,22 @@ class FleetClient:
             return " (the token's role may not do this; ask for a token with a role that may)"
         return ""
 
-    def devices(self, *, role: str | None = None, online: bool | None = None) -> list[dict[str, Any]]:
-        params: dict[str, Any] = {}
+    def devices(
+        self, *, role: str | None = None, online: bool | None = None, page_size: int = 1000, **filters: str
+    ) -> list[dict[str, Any]]:
+        """Every device matching the filter, fetched a page at a time (the API pages its answer)."""
+        params: dict[str, Any] = {"limit": page_size, **filters}
         if role is not None:
             params["role"] = role
         if online is not None:
             params["online"] = str(online).lower()
-        result: list[dict[str, Any]] = self._request("GET", "/api/devices", params=params)
-        return result
+        result: list[dict[str, Any]] = []
+        while True:
+            page: list[dict[str, Any]] = self._request("GET", "/api/devices", params=params)
+            result += page
+            if len(page) < page_size:
+                return result
+            params["offset"] = len(result)
 
     def events(self, device: str, *, limit: int = 50, kind: str | None = None) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}
@@ -147,6 +155,14 @@ class FleetClient:
     def desired(self, device: str) -> dict[str, Any]:
         """Desired state, running version, applied version and latest OTA state of ``device``."""
         result: dict[str, Any] = self._request("GET", f"/api/devices/{device}/desired")
+        return result
+
+    def alerts(
+        self, *, open_only: bool = True, kind: str | None = None, device: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"open": str(open_only).lower(), "limit": limit}
+        params.update({k: v for k, v in {"kind": kind, "device": device}.items() if v})
+        result: list[dict[str, Any]] = self._request("GET", "/api/alerts", params=params)
         return result
 
     def command(self, command_id: str) -> dict[str, Any]:

@@ -45,6 +45,8 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
             if row.get("revoked")
             else "[green]online[/green]"
             if row.get("online")
+            else "[yellow]silent[/yellow]"
+            if row.get("state") == "silent"
             else "[red]offline[/red]",
             row.get("role") or "-",
             row.get("version") or "-",
@@ -52,6 +54,27 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
             _num(telemetry, "cpu_pct", "%"),
             _num(telemetry, "mem_pct", "%"),
             _num(telemetry, "temp_c", " °C"),
+        )
+    return table
+
+
+def alerts_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(rows)} alert(s)")
+    widest = max((len(r["device"]) for r in rows), default=6)
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("device", no_wrap=True, min_width=widest)
+    for column in ("kind", "severity", "what", "since", "state", "acknowledged"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            row["device"],
+            row["kind"],
+            "[red]critical[/red]" if row["severity"] == "critical" else "[yellow]warning[/yellow]",
+            row["summary"],
+            _ago(row.get("started_at")),
+            "resolved" if row.get("resolved_at") else "[bold]open[/bold]",
+            f"{row['acked_by']}: {row.get('ack_note') or ''}" if row.get("acked_by") else "-",
         )
     return table
 

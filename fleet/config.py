@@ -117,6 +117,15 @@ class FleetConfig(BaseModel):
         default=5.0, gt=0, description="An RPC call that takes longer is answered 'timeout'."
     )
     command_ttl_s: float = Field(default=60.0, gt=0, description="Default lifetime of a command.")
+    silent_after_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A device whose status says online but that sent nothing for this long (a few "
+        "telemetry periods) is shown as silent and not counted online.",
+    )
+    alert_interval_s: float = Field(
+        default=30.0, gt=0, description="How often this worker evaluates the alert rules (fleet/alerts.py)."
+    )
     command_max_ttl_s: float = Field(
         default=86_400.0, gt=0, description="Longest lifetime a command may ask for."
     )

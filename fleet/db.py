@@ -20,6 +20,7 @@ from sqlalchemy import (
     Connection,
     Dialect,
     Engine,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -81,7 +82,14 @@ devices = Table(
     Column("shadow_reported_at", UtcDateTime),
     Column("shadow_desired", JsonType),
     Column("last_seq", BigInteger),
+    Column("site", String(64)),
+    Index("ix_devices_site", "site"),
+    Index("ix_devices_role", "role"),
+    Index("ix_devices_version", "version"),
+    Index("ix_devices_last_seen", "last_seen"),
+    Index("ix_devices_online_last_seen", "online", "last_seen"),
 )
+"""``site`` is the ward/site code (``site_of``); the indexes serve the device listing's filters and sorts."""
 
 events = Table(
     "events",
@@ -204,6 +212,44 @@ device_revocations = Table(
 (fleet/service.py); the registry shows them as revoked, never online."""
 
 
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("device", ID, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("detail", JsonType, nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("resolved_at", UtcDateTime),
+    Column("open_key", String(128), unique=True),  # "device/kind" while firing, NULL once resolved
+    Column("event_id", ID, unique=True),  # the event that raised a latched alert (tamper, ...)
+    Column("acked_at", UtcDateTime),
+    Column("acked_by", Text),
+    Column("ack_note", Text),
+    Index("ix_alerts_device", "device"),
+    Index("ix_alerts_open", "resolved_at", "kind"),
+)
+"""Alerts computed by the fleet (fleet/alerts.py): at most one open alert per device and kind."""
+
+
+telemetry_1m = Table(
+    "telemetry_1m",
+    metadata,
+    Column("device", ID, primary_key=True),
+    Column("minute", UtcDateTime, primary_key=True),
+    Column("n", Integer, nullable=False),
+    Column("cpu_pct", Float),
+    Column("mem_pct", Float),
+    Column("disk_pct", Float),
+    Column("temp_c", Float),
+    Index("ix_telemetry_1m_minute", "minute"),
+)
+"""Telemetry of each device per minute: message count and sums (fleet/telemetryhist.py)."""
+
+
 def _prepare_sqlite(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -240,6 +286,38 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
 
 def create_schema(engine: Engine) -> None:
     metadata.create_all(engine)
+    upgrade_schema(engine)
+
+
+_ADDED_COLUMNS = {"devices": ("site",)}
+
+
+def upgrade_schema(engine: Engine) -> None:
+    """Bring a database made by an older release up to date: add new nullable columns, then create
+    every index that is missing (``create_all`` creates indexes only with new tables)."""
+    from sqlalchemy import inspect
+
+    with engine.begin() as conn:
+        inspector = inspect(conn)
+        for table_name, names in _ADDED_COLUMNS.items():
+            present = {c["name"] for c in inspector.get_columns(table_name)}
+            for name in names:
+                if name not in present:
+                    column = metadata.tables[table_name].c[name]
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
+        for table in metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
+
+
+def site_of(device_id: str) -> str | None:
+    """The site/ward code inside a device id: ``cam-hn-gbt-0042`` → ``hn-gbt`` (None: no site part)."""
+    parts = device_id.split("-")
+    if len(parts) < 3:
+        return None
+    middle = parts[1:-1] if parts[-1].isdigit() else parts[1:]
+    return "-".join(middle)[:64] or None
 
 
 def insert_ignore(table: Table, dialect: Dialect) -> Insert:

@@ -61,6 +61,18 @@ class FleetCollector(Collector):
         devices.add_metric(["true"], counts["devices_online"])
         devices.add_metric(["false"], counts["devices"] - counts["devices_online"])
         yield devices
+        yield GaugeMetricFamily(
+            "fleet_devices_silent",
+            "Devices whose status says online but that sent nothing for longer than silent_after_s",
+            value=counts.get("devices_silent", 0),
+        )
+        from fleet.alerts import KINDS, open_counts
+
+        alerts = GaugeMetricFamily("fleet_alerts_open", "Open alerts computed by the fleet", labels=["kind"])
+        by_kind = open_counts(self.service.store)
+        for kind in KINDS:
+            alerts.add_metric([kind], by_kind.get(kind, 0))
+        yield alerts
         yield GaugeMetricFamily("fleet_events", "Events stored", value=counts["events"])
         yield GaugeMetricFamily("fleet_gaps_open", "Open sequence gaps", value=counts["gaps_open"])
         commands = GaugeMetricFamily("fleet_commands", "Commands by status", labels=["status"])

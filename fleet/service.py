@@ -56,6 +56,7 @@ class FleetService:
         self.topics = Topics(config.topic_prefix)
         self.stats = IngestStats()
         self.store = store or Store(config.db_url)
+        self.store.silent_after_s = config.silent_after_s
         self.signer: CommandSigner = signer or UnsignedSigner()
         self.rpc_registry = rpc_registry or default_registry()
         self.inventory = open_inventory(config.pki_dir, config.pki_db_url)
@@ -126,6 +127,7 @@ class FleetService:
             self.writer.stop()
             raise
         self._spawn("fleet-maintenance", self._maintain)
+        self._spawn("fleet-alerts", self._evaluate_alerts)
         if self.config.retained_sync_s > 0:
             self._spawn("fleet-retained-sync", self._sync)
         self.started = True
@@ -163,6 +165,31 @@ class FleetService:
         if snapshot != self._revocations:
             self.store.set_revocations(revoked.values())
             self._revocations = snapshot
+
+    def certificate_expiry(self) -> dict[str, datetime]:
+        """The newest unrevoked certificate's expiry of each device (empty without a PKI)."""
+        if self.inventory is None:
+            return {}
+        expiry: dict[str, datetime] = {}
+        for cert in self.inventory.all():
+            if cert.kind == "device" and not cert.revoked:
+                expiry[cert.subject] = max(cert.not_after, expiry.get(cert.subject, cert.not_after))
+        return expiry
+
+    def _evaluate_alerts(self) -> None:
+        from fleet.alerts import AlertEngine
+        from fleet.telemetryhist import RETENTION, prune
+
+        engine = AlertEngine(self.store, certificates=self.certificate_expiry)
+        last_prune = float("-inf")
+        while not self._stop.wait(self.config.alert_interval_s):
+            try:
+                engine.evaluate()
+                if time.monotonic() - last_prune >= 3600:
+                    last_prune = time.monotonic()
+                    prune(self.store.writer, utc_now() - RETENTION)
+            except Exception as exc:  # supervisor boundary: retried at the next interval
+                log.warning("could not evaluate alerts: %s", exc)
 
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, false, func, or_, select, text
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 
 from fleet.apply import BatchOutcome, apply_batch
@@ -21,27 +21,30 @@ from fleet.db import (
     ingest_errors,
     make_engine,
 )
+from fleet.devicequery import (
+    STATES,
+    DeviceFilter,
+    alerting_by_site,
+    count_query,
+    cutoff_for,
+    overview_queries,
+    page_query,
+    registry,
+)
 from fleet.inbound import Inbound
 from fleet.pki_store import DeviceRevocation
+from fleet.telemetryhist import history
+from protocol.timefmt import utc_now
 
 Row = dict[str, Any]
-
-_revoked = device_revocations.c.revoked_at.is_not(None)
-_REGISTRY = select(
-    *[c for c in devices.c if c.name != "online"],
-    and_(devices.c.online, device_revocations.c.revoked_at.is_(None)).label("online"),
-    _revoked.label("revoked"),
-    device_revocations.c.revoked_at,
-    device_revocations.c.reason.label("revocation_reason"),
-).select_from(devices.outerjoin(device_revocations, device_revocations.c.device == devices.c.id))
-"""Device rows as the registry shows them: a revoked device is never online."""
 
 
 class Store:
     """SQLAlchemy Core access to one database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, silent_after_s: float = 120.0) -> None:
         self.url = url
+        self.silent_after_s = silent_after_s  # status online but nothing heard for longer: silent
         self.writer: Engine = make_engine(url, immediate=True)
         self.reader: Engine = make_engine(url) if self.writer.dialect.name == "sqlite" else self.writer
         self._known_devices: set[str] = set()  # registered device ids (used by the writer thread)
@@ -84,22 +87,50 @@ class Store:
 
     # -- reads ----------------------------------------------------------------------------------
 
+    def cutoff(self) -> datetime:
+        """Devices heard from before this moment are silent (see fleet/devicequery.py)."""
+        return cutoff_for(utc_now(), self.silent_after_s)
+
     def devices(self, *, role: str | None = None, online: bool | None = None) -> list[Row]:
-        """The registry (``revoked`` devices are shown offline, with when and why)."""
-        query = _REGISTRY.order_by(devices.c.id)
-        if role is not None:
-            query = query.where(devices.c.role == role)
-        if online is True:
-            query = query.where(devices.c.online, ~_revoked)
-        elif online is False:
-            query = query.where(or_(devices.c.online == false(), _revoked))
+        """The whole registry by id (``revoked`` devices are shown offline, with when and why)."""
+        return self.device_page(DeviceFilter(role=role, online=online, limit=None))[0]
+
+    def device_page(self, flt: DeviceFilter, *, total: bool = True) -> tuple[list[Row], int | None]:
+        """One page of the registry and (with ``total``) how many devices match the filter."""
+        cutoff = self.cutoff()
         with self.reader.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            rows = [dict(r) for r in conn.execute(page_query(flt, cutoff)).mappings()]
+            count = conn.execute(count_query(flt, cutoff)).scalar_one() if total else None
+        return rows, count
 
     def device(self, device_id: str) -> Row | None:
         with self.reader.connect() as conn:
-            row = conn.execute(_REGISTRY.where(devices.c.id == device_id)).mappings().first()
+            row = conn.execute(registry(self.cutoff()).where(devices.c.id == device_id)).mappings().first()
             return dict(row) if row is not None else None
+
+    def roles(self) -> list[str]:
+        """The roles devices reported (for the dashboard's filter)."""
+        query = select(devices.c.role).where(devices.c.role.is_not(None)).distinct().order_by(devices.c.role)
+        with self.reader.connect() as conn:
+            return [str(r) for r in conn.execute(query).scalars()]
+
+    def overview(self) -> Row:
+        """Devices by site and by version, each split by state, plus alerting devices by site."""
+        by_site, by_version = overview_queries(self.cutoff())
+        sites: dict[str, dict[str, int]] = {}
+        versions: dict[str, dict[str, int]] = {}
+        with self.reader.connect() as conn:
+            for site, state, count in conn.execute(by_site):
+                sites.setdefault(site or "", {})[str(state)] = int(count)
+            for version, state, count in conn.execute(by_version):
+                versions.setdefault(version or "", {})[str(state)] = int(count)
+            alerting = {site or "": int(count) for site, count in conn.execute(alerting_by_site())}
+        site_rows = [
+            {"site": site, **_state_counts(states), "alerting": alerting.get(site, 0)}
+            for site, states in sorted(sites.items())
+        ]
+        version_rows = [{"version": v, **_state_counts(states)} for v, states in sorted(versions.items())]
+        return {"sites": site_rows, "versions": version_rows}
 
     def set_revocations(self, revoked: Iterable[DeviceRevocation]) -> None:
         """Make ``device_revocations`` hold exactly ``revoked`` (copied from the PKI inventory)."""
@@ -161,6 +192,21 @@ class Store:
             row = conn.execute(select(commands).where(commands.c.id == command_id)).mappings().first()
             return dict(row) if row is not None else None
 
+    def commands_of(self, device: str, *, limit: int = 50) -> list[Row]:
+        """Commands sent to ``device``, newest first, with their results."""
+        query = (
+            select(commands)
+            .where(commands.c.device == device)
+            .order_by(commands.c.issued_at.desc(), commands.c.id.desc())
+            .limit(limit)
+        )
+        with self.reader.connect() as conn:
+            return [dict(r) for r in conn.execute(query).mappings()]
+
+    def telemetry_history(self, device: str, *, hours: float = 24.0) -> list[Row]:
+        """1-minute telemetry rollups of the last ``hours`` (fleet/telemetryhist.py)."""
+        return history(self.reader, device, utc_now() - timedelta(hours=hours))
+
     def ingest_errors(self) -> list[Row]:
         query = select(ingest_errors).order_by(ingest_errors.c.reason, ingest_errors.c.family)
         with self.reader.connect() as conn:
@@ -169,17 +215,23 @@ class Store:
     def counts(self) -> Row:
         """Totals for /api/stats and the metrics."""
         with self.reader.connect() as conn:
-            registry = _REGISTRY.subquery()
-            online_rows = conn.execute(select(registry.c.online, func.count()).group_by(registry.c.online))
-            by_online = {bool(row[0]): int(row[1]) for row in online_rows}
+            listed = registry(self.cutoff()).subquery()
+            state_rows = conn.execute(select(listed.c.state, func.count()).group_by(listed.c.state))
+            by_state = {str(row[0]): int(row[1]) for row in state_rows}
             status_rows = conn.execute(select(commands.c.status, func.count()).group_by(commands.c.status))
             by_status = {str(row[0]): int(row[1]) for row in status_rows}
             return {
-                "devices": sum(by_online.values()),
-                "devices_online": by_online.get(True, 0),
+                "devices": sum(by_state.values()),
+                "devices_online": by_state.get("online", 0),
+                "devices_silent": by_state.get("silent", 0),
                 "events": conn.execute(select(func.count()).select_from(events)).scalar_one(),
                 "gaps_open": conn.execute(
                     select(func.count()).select_from(gaps).where(gaps.c.closed_at.is_(None))
                 ).scalar_one(),
                 "commands": by_status,
             }
+
+
+def _state_counts(states: dict[str, int]) -> dict[str, int]:
+    counts = {state: states.get(state, 0) for state in STATES}
+    return {"total": sum(counts.values()), **counts}

@@ -250,7 +250,7 @@ class SessionAuthenticator:
                 client_address(request),
             )
             raise AuthError(403, "the form's CSRF token is missing or wrong: reload the page and try again")
-        if request.headers.get(REFRESH_HEADER) != "1":
+        if request.headers.get(REFRESH_HEADER) != "1" and request.query_params.get("background") != "1":
             self.store.get(session_id, touch=True)
         request.state.session = session
         return session.principal

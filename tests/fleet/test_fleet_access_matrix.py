@@ -37,10 +37,14 @@ PATH_VALUES = {
     "device_id": "nobody-0001",
     "command_id": "01NOSUCHCOMMAND0000000000",
     "event_id": "01NOSUCHEVENT000000000000",
+    "alert_id": "999999",
     "sha256": "0" * 64,
     "name": "root.json",
     "path": "objects/" + "0" * 64,
 }
+
+
+QUERY = {"/ui/stream": "?max_s=0.5"}  # the live stream ends on its own (else it runs for minutes)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class Operation:
         for name, value in PATH_VALUES.items():
             path = path.replace(f"{{{name}}}", value).replace(f"{{{name}:path}}", value)
         assert "{" not in path, f"no test value for a parameter of {self.path}"
-        return path
+        return path + QUERY.get(path, "")
 
 
 @dataclass(frozen=True)

@@ -155,10 +155,10 @@ def test_dashboard(client: TestClient, devices: list[FakeDevice]) -> None:
     assert 'badge online">online' in html and 'badge offline">offline' in html
     assert "55.5 °C" in html and "33%" in html
     assert "traffic.incident" in html  # recent events panel
-    assert 'data-refresh="/ui/devices"' in html and "/static/fleet.js" in html
+    assert 'data-stream="/ui/stream?' in html and "/static/fleet.js" in html
     assert "http://" not in html.replace("http://testserver", "") and "https://" not in html  # no CDN
     fragment = client.get("/ui/devices").text
-    assert fragment.count('class="device-row"') == 2 and "<html" not in fragment
+    assert fragment.count('class="device-row') == 2 and "<html" not in fragment
     assert "traffic.count" in client.get("/ui/events").text
     assert "open gaps" in client.get("/ui/summary").text
     device_page = client.get("/devices/cam-api-0002").text

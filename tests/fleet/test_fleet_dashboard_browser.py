@@ -62,6 +62,7 @@ def test_dashboard_refreshes_live_and_pings(
     )
     tab.click("text=cam-ui-0002")
     tab.click("text=Send ping")
-    tab.locator(".badge.cmd-ok").wait_for(timeout=8000)
+    tab.locator(".command .badge.cmd-ok").wait_for(timeout=8000)
+    tab.locator("tr.command-row .badge.cmd-ok").wait_for(timeout=8000)  # and in the command history
     assert errors == []
     assert all(u.startswith(url + "/") for u in requests), [u for u in requests if not u.startswith(url)]
