@@ -131,6 +131,10 @@ class MotionConfig(_Section):
     threshold: int = Field(
         default=22, ge=1, le=255, description="Grey-level change that counts as motion (per camera)."
     )
+    low_light: bool = Field(
+        default=True,
+        description="Lower the threshold in proportion when the scene is darker than daylight (night, tunnels).",
+    )
     min_area: float = Field(
         default=0.0008, ge=0.0, le=1.0, description="Share of the frame that must change to call it motion."
     )
@@ -172,6 +176,14 @@ class TrackerConfig(_Section):
     )
     anchor: Literal["center", "bottom"] = Field(
         default="center", description="Track point used for lines and zones."
+    )
+    split_wide_blobs: bool = Field(
+        default=True,
+        description="Cut a moving blob wider than one vehicle across the direction of travel (riders abreast).",
+    )
+    expected_size: list[tuple[float, float, float]] = Field(
+        default_factory=list,
+        description="Site survey [y, width, height] of one motorbike at image rows (default: learned).",
     )
 
 
