@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from agent.camera.cvlib import cv2 as _cv2
 from agent.camera.geometry import Box, Point, overlap_of
 from agent.camera.motion import MotionResult
 
@@ -169,6 +170,63 @@ def cut_across(motion: MotionResult, blob: Box, parts: int, in_y: bool) -> list[
     return out
 
 
+FAR = 0.85
+"""Foreground further than this (in owner half-sizes, elliptic) from every owner is someone else."""
+
+
+def share_blob(motion: MotionResult, blob: Box, owners: list[Box], min_area: float) -> list[Box]:
+    """One box per owner: the foreground pixels nearest to that owner's predicted box (distance
+    scaled by the box's size), so neighbours that touch never pull each other's box; and the
+    largest clump of foreground far from every owner, when large enough (a rider who joined)."""
+    if motion.foreground is None:
+        return [_part(motion, p, blob) for p in owners]
+    cv2 = _cv2()
+    sx, sy = motion.scale
+    fx1, fy1 = max(0, int(blob[0] / sx)), max(0, int(blob[1] / sy))
+    fx2, fy2 = int(np.ceil(blob[2] / sx)), int(np.ceil(blob[3] / sy))
+    region = motion.foreground[fy1:fy2, fx1:fx2]
+    ys, xs = np.nonzero(region)
+    if xs.size == 0:
+        return [_part(motion, p, blob) for p in owners]
+    px = (xs + fx1 + 0.5) * sx
+    py = (ys + fy1 + 0.5) * sy
+    dist = np.stack(
+        [
+            np.hypot(
+                (px - (o[0] + o[2]) / 2) / max((o[2] - o[0]) / 2, 1.0),
+                (py - (o[1] + o[3]) / 2) / max((o[3] - o[1]) / 2, 1.0),
+            )
+            for o in owners
+        ]
+    )
+    nearest = np.argmin(dist, axis=0)
+    near = dist.min(axis=0) <= 1.0 + FAR
+    out: list[Box] = []
+    for i, owner in enumerate(owners):
+        mine = (nearest == i) & near
+        if int(mine.sum()) * sx * sy < 0.2 * _area(owner):
+            out.append(_intersect(owner, blob))
+            continue
+        box = (
+            float(px[mine].min() - sx / 2),
+            float(py[mine].min() - sy / 2),
+            float(px[mine].max() + sx / 2),
+            float(py[mine].max() + sy / 2),
+        )
+        out.append(box)
+    far = ~near
+    if far.any():
+        mask = np.zeros(region.shape, np.uint8)
+        mask[ys[far], xs[far]] = 1
+        count, _labels, stats, _c = cv2.connectedComponentsWithStats(mask, connectivity=8)
+        if count > 1:
+            best = 1 + int(np.argmax(stats[1:, 4]))
+            x, y, w, h, area = (int(v) for v in stats[best])
+            if area * sx * sy >= min_area:
+                out.append(((fx1 + x) * sx, (fy1 + y) * sy, (fx1 + x + w) * sx, (fy1 + y + h) * sy))
+    return out
+
+
 def split_blobs(
     motion: MotionResult, predicted: list[Box], min_area: float, prior: SizePrior | None = None
 ) -> list[Box]:
@@ -179,7 +237,7 @@ def split_blobs(
         owners = [p for p in predicted if _area(p) > 0 and overlap_of(p, blob) >= OWN]
         parts, in_y = prior.parts_across(blob) if prior is not None else (1, True)
         if len(owners) >= 2 and len(owners) >= parts:
-            out.extend(_part(motion, p, blob) for p in owners)
+            out.extend(share_blob(motion, blob, owners, min_area))
             continue
         if parts >= 2:
             out.extend(cut_across(motion, blob, parts, in_y))

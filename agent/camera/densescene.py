@@ -161,8 +161,12 @@ def _add_rider(
     queued: dict[tuple[int, int], int],
     release_at: dict[tuple[int, int], float],
 ) -> bool:
-    key = (half, int(slot))
     between = slot != int(slot)
+    key = (half, int(slot) + (10 if between else 0))
+    free.setdefault(key, 0.0)
+    speed_cap.setdefault(key, 1e9)
+    start = max(start, free[key])
+    v = min(v, speed_cap[key])
     sprite = base.scaled(RIDER_LENGTH * float(rng.uniform(0.92, 1.08)))
     rightwards = half == 0
     if not rightwards:
@@ -174,6 +178,7 @@ def _add_rider(
     x0, x1 = (-hw, scene.width + hw) if rightwards else (scene.width + hw, -hw)
     travel = (scene.width + 2 * hw) / v
     path = [(start, x0, y), (start + travel, x1, y)]
+    delay = 0.0
     if spec.red and not between:
         sign = 1.0 if rightwards else -1.0
         stop_at = STOP_X[half] - sign * (hw + queued[key] * (2 * hw + 3))
@@ -181,14 +186,14 @@ def _add_rider(
         if RED[0] <= arrive < RED[1] or (queued[key] > 0 and arrive < release_at[key]):
             release = max(RED[1], release_at[key] + 0.5)
             path = _queue_path(start, x0, x1, y, v, stop_at, release)
+            delay = release - arrive
             queued[key] += 1
             release_at[key] = release
     if path[-1][0] > scene.duration_s - 0.3:
         return False
     scene.actors.append(Actor(sprite, path))
-    if not between:
-        free[key] = start + (2 * hw + 14) / v
-        speed_cap[key] = v
+    free[key] = start + delay + (2 * hw + 14) / v
+    speed_cap[key] = v
     return True
 
 

@@ -180,8 +180,13 @@ class Pipeline:
                 self.sizes.observe(d.box)
         for blob in blobs:
             owners = [p for p in predicted if box_iou(p, blob) >= 0.2]
-            if len(owners) == 1 and box_iou(owners[0], blob) >= 0.7:
+            if len(owners) == 1 and box_iou(owners[0], blob) >= 0.5 and self._inside(blob):
                 self.sizes.observe(blob)
+
+    def _inside(self, box: Box) -> bool:
+        """Not cut by the frame's edge (a vehicle entering shows only part of itself)."""
+        w, h = self.frame_size
+        return box[0] > 3 and box[1] > 3 and box[2] < w - 3 and box[3] < h - 3
 
     def quality(self) -> float | None:
         """Share of recent tracks the detector confirmed as a vehicle (None before any track)."""

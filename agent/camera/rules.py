@@ -40,6 +40,16 @@ class Crossing:
     t: float
     wall: float
     seq: int
+    clear: bool = True
+    """No other track touched this one when it crossed (crowded crossings are where counts err)."""
+
+
+def _touching(box: Box, others: list[Box]) -> bool:
+    w, h = (box[2] - box[0]) * 0.1, (box[3] - box[1]) * 0.1
+    grown = (box[0] - w, box[1] - h, box[2] + w, box[3] + h)
+    return any(
+        min(grown[2], o[2]) > max(grown[0], o[0]) and min(grown[3], o[3]) > max(grown[1], o[1]) for o in others
+    )
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,9 @@ class RuleEngine:
             for line_id, counter in self.lines.items():
                 direction = counter.update(track, point)
                 if direction is not None:
-                    crossings.append(Crossing(line_id, direction, track, t, wall, seq))
+                    others = [o.box for o in tracks if o is not track]
+                    clear = not _touching(track.box, others)
+                    crossings.append(Crossing(line_id, direction, track, t, wall, seq, clear))
                     violations.extend(self._red_light(line_id, direction, track, t, wall, seq))
             for rule in self.dwell:
                 details = rule.update(track, point, t)
