@@ -16,6 +16,7 @@ profile. Blobs are never cut along the direction of travel (a bus is long, not s
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Sequence
 
@@ -69,7 +70,7 @@ def _remainder(motion: MotionResult, blob: Box, owner: Box, min_area: float) -> 
     return best
 
 
-SPLIT_RATIO = 1.6
+SPLIT_RATIO = 1.85
 """A blob this many expected widths across the direction of travel holds more than one vehicle."""
 BANDS = 8
 SAMPLES = 60
@@ -156,15 +157,15 @@ def cut_across(motion: MotionResult, blob: Box, parts: int, in_y: bool) -> list[
             for c in cuts:
                 centre = c / scale - origin
                 half = max(1, int(0.3 * step / scale))
-                a, b = max(0, int(centre) - half), min(len(profile), int(centre) + half + 1)
-                refined.append((origin + a + int(np.argmin(profile[a:b]))) * scale if b > a else c)
+                i0, i1 = max(0, int(centre) - half), min(len(profile), int(centre) + half + 1)
+                refined.append((origin + i0 + int(np.argmin(profile[i0:i1]))) * scale if i1 > i0 else c)
             cuts = refined
     edges = [lo, *cuts, hi]
     out: list[Box] = []
-    for a, b in zip(edges, edges[1:], strict=False):
-        if b - a < 2:
+    for lo_edge, hi_edge in itertools.pairwise(edges):
+        if hi_edge - lo_edge < 2:
             continue
-        strip = (blob[0], a, blob[2], b) if in_y else (a, blob[1], b, blob[3])
+        strip = (blob[0], lo_edge, blob[2], hi_edge) if in_y else (lo_edge, blob[1], hi_edge, blob[3])
         found = motion.foreground_box(strip)
         out.append(found if found is not None and _area(found) >= 0.25 * _area(strip) else strip)
     return out
@@ -228,14 +229,21 @@ def share_blob(motion: MotionResult, blob: Box, owners: list[Box], min_area: flo
 
 
 def split_blobs(
-    motion: MotionResult, predicted: list[Box], min_area: float, prior: SizePrior | None = None
+    motion: MotionResult,
+    predicted: list[Box],
+    min_area: float,
+    prior: SizePrior | None = None,
+    large: Sequence[Box] = (),
 ) -> list[Box]:
     """Blobs of ``motion`` with merged ones split along the tracks' predicted boxes, and blobs
-    wider than ``prior``'s expected size across the direction of travel cut into parts."""
+    wider than ``prior``'s expected size across the direction of travel cut into parts, unless
+    a car, bus or truck (``large``: detections and confirmed tracks) fills them."""
     out: list[Box] = []
     for blob in motion.blobs:
         owners = [p for p in predicted if _area(p) > 0 and overlap_of(p, blob) >= OWN]
         parts, in_y = prior.parts_across(blob) if prior is not None else (1, True)
+        if parts >= 2 and any(overlap_of(b, blob) >= OWN for b in large):
+            parts = 1
         if len(owners) >= 2 and len(owners) >= parts:
             out.extend(share_blob(motion, blob, owners, min_area))
             continue

@@ -137,8 +137,8 @@ def dense_scene(seed: int, level: int, *, fps: float = 10.0, duration_s: float =
             members.append((float(s), max(t_group + float(rng.uniform(-0.25, 0.25)), free[(half, s)]), v))
         if spec.overtaking > 0 and rng.random() < spec.overtaking:
             # The overtaker squeezes between two slots, partly hiding the riders on both sides.
-            s = int(rng.integers(0, slots_per_half - 1))
-            members.append((s + 0.5, t_group + 0.8, v_group * 1.5))
+            lane = int(rng.integers(0, slots_per_half - 1))
+            members.append((lane + 0.5, t_group + 0.8, v_group * 1.5))
         for s, start, v in members:
             if placed >= spec.riders:
                 break

@@ -24,6 +24,8 @@ from agent.camera.tracker import Candidate, Track, Tracker
 from hw.camera import Frame
 
 QUALITY_WINDOW = 200
+LARGE_CLASSES = frozenset({"car", "bus", "truck"})
+"""Vehicles never cut across by the size prior (learned mostly from motorbikes)."""
 
 
 @dataclass
@@ -91,7 +93,9 @@ class Pipeline:
         self.motion = MotionGate(config.motion, frame_size) if config.motion.enabled else None
         self.tracker = Tracker(config.tracker)
         self.sizes = (
-            SizePrior(frame_size[1], config.tracker.expected_size) if config.tracker.split_wide_blobs else None
+            SizePrior(frame_size[1], config.tracker.expected_size)
+            if config.tracker.split_wide_blobs
+            else None
         )
         self.rules = RuleEngine(config, signals)
         self.stats = PipelineStats()
@@ -151,7 +155,11 @@ class Pipeline:
         if motion is not None and motion.blobs:
             min_area = self.config.motion.min_blob_area * self.frame_size[0] * self.frame_size[1]
             predicted = self.tracker.predicted_boxes()
-            blobs = split_blobs(motion, predicted, min_area, self.sizes)
+            large = [d.box for d in detections if d.label in LARGE_CLASSES]
+            large += [
+                tr.kf.peek() for tr in self.tracker.tracks if tr.confirmed and tr.label in LARGE_CLASSES
+            ]
+            blobs = split_blobs(motion, predicted, min_area, self.sizes, large)
             if self.sizes is not None:
                 self._learn_sizes(motion.blobs, predicted, detections)
         candidates = merge_candidates(detections, blobs, self.config.tracker.blob_score)
@@ -160,7 +168,9 @@ class Pipeline:
             for track in tracks:
                 if len(track.history) >= 5:
                     box = track.box
-                    self.sizes.observe_motion(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), track.velocity())
+                    self.sizes.observe_motion(
+                        ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), track.velocity()
+                    )
         for done in self.tracker.pop_finished():
             self.stats.tracks_finished += 1
             if done.label != "person":
