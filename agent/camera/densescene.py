@@ -139,10 +139,10 @@ def dense_scene(seed: int, level: int, *, fps: float = 10.0, duration_s: float =
             # The overtaker squeezes between two slots, partly hiding the riders on both sides.
             lane = int(rng.integers(0, slots_per_half - 1))
             members.append((lane + 0.5, t_group + 0.8, v_group * 1.5))
-        for s, start, v in members:
+        for slot, start, v in members:
             if placed >= spec.riders:
                 break
-            if _add_rider(scene, spec, rng, base, half, s, start, v, free, speed_cap, queued, release_at):
+            if _add_rider(scene, spec, rng, base, half, slot, start, v, free, speed_cap, queued, release_at):
                 placed += 1
     return scene
 
