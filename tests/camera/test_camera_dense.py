@@ -138,3 +138,29 @@ def test_lane_use_and_speed_rules_fire_with_their_parameters() -> None:
     speeding = next(v for v in fired if v.rule == "speeding")
     assert speeding.details["speed_kmh"] == pytest.approx(108.0, rel=0.1)  # 20 m in 100 px at 150 px/s
     assert speeding.params["distance_m"] == 20.0 and speeding.params["limit_kmh"] == 40.0
+
+
+def test_stop_line_fires_only_for_a_vehicle_standing_past_the_line_on_red() -> None:
+    from agent.camera.config import SignalConfig, StopLineConfig
+    from agent.camera.signal import FixedPhase
+
+    config = CameraConfig(
+        lines=[LineConfig(id="stop", points=((100, 0), (100, 200)))],
+        signals={"main": SignalConfig(kind="fixed", phase="red")},
+        stop_line=[StopLineConfig(id="beyond", line="stop", direction="right_to_left", signal="main")],
+    )
+    for phase, expected in (("red", [1]), ("green", [])):
+        engine = RuleEngine(config, {"main": FixedPhase(phase)})  # type: ignore[arg-type]
+        past, before = _track(1, "motorcycle"), _track(2, "motorcycle")
+        fired = []
+        for i in range(30):
+            t = i * 0.1
+            x = min(60 + 10 * i, 130)  # drives past the line by 20 px, then stands
+            _move(past, (x - 10, 20, x + 10, 40), t)
+            y = min(60 + 10 * i, 85)  # stops before the line
+            _move(before, (y - 10, 120, y + 10, 140), t)
+            fired += engine.process([past, before], t, 1000.0 + t, i)[1]
+        assert [v.track.id for v in fired if v.rule == "stop_line"] == expected, phase
+        if expected:
+            stop = next(v for v in fired if v.rule == "stop_line")
+            assert stop.details["beyond_px"] >= 8 and stop.params["signal_plan"]["kind"] == "fixed"
