@@ -20,6 +20,7 @@ ALL = (
     "camera_detector",
     "camera_motion",
     "camera_pipeline",
+    "camera_dense",
     "kiosk_ui",
     "ota_verify",
     "ota_install",

@@ -131,6 +131,10 @@ class MotionConfig(_Section):
     threshold: int = Field(
         default=22, ge=1, le=255, description="Grey-level change that counts as motion (per camera)."
     )
+    low_light: bool = Field(
+        default=True,
+        description="Lower the threshold in proportion when the scene is darker than daylight (night).",
+    )
     min_area: float = Field(
         default=0.0008, ge=0.0, le=1.0, description="Share of the frame that must change to call it motion."
     )
@@ -172,6 +176,14 @@ class TrackerConfig(_Section):
     )
     anchor: Literal["center", "bottom"] = Field(
         default="center", description="Track point used for lines and zones."
+    )
+    split_wide_blobs: bool = Field(
+        default=True,
+        description="Cut a moving blob wider than one vehicle across the travel direction (riders abreast).",
+    )
+    expected_size: list[tuple[float, float, float]] = Field(
+        default_factory=list,
+        description="Site survey [y, width, height] of one motorbike at image rows (default: learned).",
     )
 
 
@@ -257,6 +269,61 @@ class RedLightConfig(_Section):
     _classes = field_validator("classes")(_check_classes)
 
 
+class LaneUseConfig(_ZoneBase):
+    """A lane (polygon) that some vehicle classes may not use, e.g. motorbikes in a car lane."""
+
+    forbidden: list[str] = Field(description="Classes not allowed in this lane (e.g. ['motorcycle']).")
+    min_time_s: float = Field(
+        default=1.0, ge=0, description="Time a vehicle must spend inside the lane before it is judged."
+    )
+    min_travel_px: float = Field(
+        default=20.0,
+        ge=0,
+        description="Distance travelled inside the lane (a vehicle crossing it to turn is not using it).",
+    )
+
+    _forbidden = field_validator("forbidden")(_check_classes)
+
+
+class StopLineConfig(_Section):
+    """Stopping beyond the stop line while the signal is red."""
+
+    id: str = Field(description="Rule id used in events.")
+    line: str = Field(description="Id of the stop line (one of [[lines]]).")
+    direction: Direction = Field(description="Crossing direction that enters the junction.")
+    signal: str = Field(description="Id of the signal group ([signals.ID]) controlling this stop line.")
+    min_beyond_px: float = Field(
+        default=8.0, ge=0, description="How far past the line the reference point must stand."
+    )
+    min_stop_s: float = Field(default=1.0, ge=0, description="How long it must stand there while red.")
+    stationary_speed_px_s: float = Field(
+        default=12.0, ge=0, description="Below this speed a vehicle counts as stopped."
+    )
+    classes: list[str] | None = Field(default=None, description="Classes the rule applies to.")
+
+    _id = field_validator("id")(_check_id)
+    _classes = field_validator("classes")(_check_classes)
+
+
+class SpeedConfig(_Section):
+    """Speed from the time between two lines a surveyed distance apart."""
+
+    id: str = Field(description="Rule id used in events.")
+    entry: str = Field(description="Id of the first line crossed (one of [[lines]]).")
+    exit: str = Field(description="Id of the second line crossed.")
+    direction: Direction = Field(description="Crossing direction on both lines.")
+    distance_m: float = Field(gt=0, description="Distance between the two lines on the road, in metres.")
+    limit_kmh: float = Field(gt=0, description="Speed limit; faster is a violation.")
+    tolerance_kmh: float = Field(
+        default=3.0, ge=0, description="Margin above the limit before a violation (measurement error)."
+    )
+    max_gap_s: float = Field(default=30.0, gt=0, description="Longest time between the lines still paired.")
+    classes: list[str] | None = Field(default=None, description="Classes the rule applies to.")
+
+    _id = field_validator("id")(_check_id)
+    _classes = field_validator("classes")(_check_classes)
+
+
 class SignalConfig(_Section):
     kind: Literal["fixed", "schedule", "agent", "board"] = Field(
         description=(
@@ -326,6 +393,11 @@ class CameraConfig(_Section):
     zones: list[DwellZoneConfig] = Field(default_factory=list, description="No-stopping zones.")
     wrong_way: list[WrongWayConfig] = Field(default_factory=list, description="One-way zones.")
     red_light: list[RedLightConfig] = Field(default_factory=list, description="Red-light rules.")
+    lane_use: list[LaneUseConfig] = Field(default_factory=list, description="Lane-use rules.")
+    stop_line: list[StopLineConfig] = Field(
+        default_factory=list, description="Stopping beyond the stop line on red."
+    )
+    speed: list[SpeedConfig] = Field(default_factory=list, description="Two-line speed rules.")
     signals: dict[str, SignalConfig] = Field(default_factory=dict, description="Signal groups by id.")
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig, description="Violation evidence.")
     counts: CountsConfig = Field(default_factory=CountsConfig, description="Count windows.")
@@ -346,6 +418,19 @@ class CameraConfig(_Section):
                 raise ValueError(
                     f"red_light {rule.id!r} names signal {rule.signal!r}, which is not in [signals]"
                 )
+        for stop in self.stop_line:
+            if stop.line not in ids:
+                raise ValueError(f"stop_line {stop.id!r} names line {stop.line!r}, which is not in [[lines]]")
+            if stop.signal not in self.signals:
+                raise ValueError(
+                    f"stop_line {stop.id!r} names signal {stop.signal!r}, which is not in [signals]"
+                )
+        for speed in self.speed:
+            for name in (speed.entry, speed.exit):
+                if name not in ids:
+                    raise ValueError(f"speed {speed.id!r} names line {name!r}, which is not in [[lines]]")
+            if speed.entry == speed.exit:
+                raise ValueError(f"speed {speed.id!r}: entry and exit must be two different lines")
         return self
 
     def check_frame(self, width: int, height: int) -> None:
@@ -353,6 +438,7 @@ class CameraConfig(_Section):
         shapes: list[tuple[str, list[Point]]] = [(f"line {x.id!r}", list(x.points)) for x in self.lines]
         shapes += [(f"zone {z.id!r}", z.polygon) for z in self.zones]
         shapes += [(f"wrong_way {z.id!r}", z.polygon) for z in self.wrong_way]
+        shapes += [(f"lane_use {z.id!r}", z.polygon) for z in self.lane_use]
         for what, points in shapes:
             for x, y in points:
                 if not (0 <= x <= width and 0 <= y <= height):

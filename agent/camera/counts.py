@@ -24,7 +24,10 @@ def _ts(wall: float) -> str:
 
 
 def summarise(lines: list[LineConfig], crossings: list[Crossing]) -> dict[str, Any]:
-    """{line_id: {total, directions: {dir: {name, total, classes: {class: n}}}}} for these crossings."""
+    """{line_id: {total, confidence, directions: {dir: {name, total, classes: {class: n}}}}} for these
+    crossings. ``confidence`` is the share of the line's crossings made by a vehicle clear of all
+    others (None without crossings): crossings inside a cluster of touching vehicles are where
+    counts can err, so a low figure says how far to trust the window's totals."""
     out: dict[str, Any] = {}
     for line in lines:
         allowed = line.classes if line.classes is not None else list(COUNT_CLASSES)
@@ -39,9 +42,11 @@ def summarise(lines: list[LineConfig], crossings: list[Crossing]) -> dict[str, A
                 "total": sum(classes.values()),
                 "classes": dict(sorted(classes.items())),
             }
+        mine = [c for c in crossings if c.line_id == line.id and c.track.label in allowed]
         out[line.id] = {
             "points": [list(p) for p in line.points],
             "total": sum(d["total"] for d in directions.values()),
+            "confidence": round(sum(c.clear for c in mine) / len(mine), 3) if mine else None,
             "directions": directions,
         }
     return out

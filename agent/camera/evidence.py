@@ -190,6 +190,7 @@ def violation_data(
         "confirmed": violation.track.confirmed,
         "box": [round(v, 1) for v in violation.box],
         "details": violation.details,
+        "rule_params": violation.params,
         "plate": None if plate is None else {"text": plate.text, "score": plate.score},
         "images": images,
     }

@@ -52,6 +52,10 @@ class KalmanBox:
         """The object is known to stand still at ``box``: reset position, zero velocity."""
         self.x = np.concatenate([box_to_z(box), np.zeros(4)])
 
+    def freeze_size(self) -> None:
+        """Stop the box growing or shrinking (no measurement supports a change of size)."""
+        self.x[6:8] = 0.0
+
     def peek(self) -> Box:
         """The box one frame ahead, without changing the filter."""
         cx, cy, w, h = (float(v) for v in (_F @ self.x)[:4])

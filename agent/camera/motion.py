@@ -77,6 +77,13 @@ def analysis_size(width: int, height: int, target: int) -> tuple[int, int]:
     return small_w, max(8, round(height * small_w / width))
 
 
+DAYLIGHT_LEVEL = 90.0
+"""Median grey level of a daylight road; darker backgrounds lower the motion threshold."""
+LOW_LIGHT_MIN_GAIN = 0.3
+LOW_LIGHT_FLOOR = 6.0
+"""Lowest threshold (grey levels): sensor noise stays below it after the blur."""
+
+
 class MotionGate:
     def __init__(self, config: MotionConfig, frame_size: tuple[int, int]) -> None:
         cv2 = _cv2()
@@ -91,6 +98,8 @@ class MotionGate:
         self._bg: npt.NDArray[np.float32] | None = None
         self._close = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
         self._dilate = np.ones((5, 5), np.uint8)
+        self._threshold = float(config.threshold)
+        self._frames = 0
 
     def _small(self, image: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         cv2 = self._cv2
@@ -108,7 +117,17 @@ class MotionGate:
         d = cv2.absdiff(current, cv2.add(reference, (float(shift[0]), float(shift[1]), float(shift[2]), 0.0)))
         c0, c1, c2 = cv2.split(d)
         largest = cv2.max(cv2.max(c0, c1), c2)
-        return np.asarray(largest > self.config.threshold, dtype=np.uint8), shift
+        return np.asarray(largest > self._threshold, dtype=np.uint8), shift
+
+    def _adapt(self) -> None:
+        """Scale the threshold with the background's brightness below daylight level: at night
+        a rider differs from the road by a third of the daytime difference."""
+        if not self.config.low_light or self._bg is None:
+            self._threshold = float(self.config.threshold)
+            return
+        level = float(np.median(self._bg[::4, ::4]))
+        gain = min(1.0, max(LOW_LIGHT_MIN_GAIN, level / DAYLIGHT_LEVEL))
+        self._threshold = max(LOW_LIGHT_FLOOR, self.config.threshold * gain)
 
     def update(self, image: npt.NDArray[np.uint8]) -> MotionResult:
         small = self._small(image)
@@ -116,6 +135,9 @@ class MotionGate:
             self._prev, self._bg = small, small.copy()
             return MotionResult(moving=False, fraction=0.0)
         cv2 = self._cv2
+        if self._frames % 10 == 0:
+            self._adapt()
+        self._frames += 1
         motion, _ = self._mask(small, self._prev)
         foreground, shift = self._mask(small, self._bg)
         self._prev = small

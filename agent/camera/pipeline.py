@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from agent.camera.blobsplit import split_blobs
+from agent.camera.blobsplit import SizePrior, split_blobs
 from agent.camera.config import CameraConfig
 from agent.camera.detector import VEHICLE_CLASSES, Detection, Detector
 from agent.camera.geometry import Box, box_iou, overlap_of
@@ -24,6 +24,8 @@ from agent.camera.tracker import Candidate, Track, Tracker
 from hw.camera import Frame
 
 QUALITY_WINDOW = 200
+LARGE_CLASSES = frozenset({"car", "bus", "truck"})
+"""Vehicles never cut across by the size prior (learned mostly from motorbikes)."""
 
 
 @dataclass
@@ -90,6 +92,11 @@ class Pipeline:
         self.detector = detector if config.detector.enabled else None
         self.motion = MotionGate(config.motion, frame_size) if config.motion.enabled else None
         self.tracker = Tracker(config.tracker)
+        self.sizes = (
+            SizePrior(frame_size[1], config.tracker.expected_size)
+            if config.tracker.split_wide_blobs
+            else None
+        )
         self.rules = RuleEngine(config, signals)
         self.stats = PipelineStats()
         self._last_full = -1e18
@@ -147,9 +154,23 @@ class Pipeline:
         blobs: list[Box] = []
         if motion is not None and motion.blobs:
             min_area = self.config.motion.min_blob_area * self.frame_size[0] * self.frame_size[1]
-            blobs = split_blobs(motion, self.tracker.predicted_boxes(), min_area)
+            predicted = self.tracker.predicted_boxes()
+            large = [d.box for d in detections if d.label in LARGE_CLASSES]
+            large += [
+                tr.kf.peek() for tr in self.tracker.tracks if tr.confirmed and tr.label in LARGE_CLASSES
+            ]
+            blobs = split_blobs(motion, predicted, min_area, self.sizes, large)
+            if self.sizes is not None:
+                self._learn_sizes(motion.blobs, predicted, detections)
         candidates = merge_candidates(detections, blobs, self.config.tracker.blob_score)
         tracks = self.tracker.update(candidates, frame.t, frame.image)
+        if self.sizes is not None:
+            for track in tracks:
+                if len(track.history) >= 5:
+                    box = track.box
+                    self.sizes.observe_motion(
+                        ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2), track.velocity()
+                    )
         for done in self.tracker.pop_finished():
             self.stats.tracks_finished += 1
             if done.label != "person":
@@ -159,6 +180,23 @@ class Pipeline:
         self.stats.frames += 1
         self.stats.process_ms.append((time.perf_counter() - started) * 1000.0)
         return FrameResult(frame, tracks, detections, crossings, violations, run, motion)
+
+    def _learn_sizes(self, blobs: list[Box], predicted: list[Box], detections: list[Detection]) -> None:
+        """Single vehicles seen on their own teach the size prior: detector boxes of vehicles, and
+        blobs whose only owner has the same size (not a group that entered together)."""
+        assert self.sizes is not None
+        for d in detections:
+            if d.label in VEHICLE_CLASSES:
+                self.sizes.observe(d.box)
+        for blob in blobs:
+            owners = [p for p in predicted if box_iou(p, blob) >= 0.2]
+            if len(owners) == 1 and box_iou(owners[0], blob) >= 0.5 and self._inside(blob):
+                self.sizes.observe(blob)
+
+    def _inside(self, box: Box) -> bool:
+        """Not cut by the frame's edge (a vehicle entering shows only part of itself)."""
+        w, h = self.frame_size
+        return box[0] > 3 and box[1] > 3 and box[2] < w - 3 and box[3] < h - 3
 
     def quality(self) -> float | None:
         """Share of recent tracks the detector confirmed as a vehicle (None before any track)."""

@@ -225,6 +225,7 @@ class Tracker:
                 track.history.append((t, anchor_point(track.last_box, cfg.anchor)))
                 continue
             track.state = "lost"
+            track.kf.freeze_size()  # unseen, its box may move on but must not grow over others
             track.lost_frames += 1
             if track.lost_frames > cfg.max_lost_frames:
                 track.state = "removed"
