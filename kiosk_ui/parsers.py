@@ -407,7 +407,5 @@ def parse_dossier_code(text: str, *, today: date | None = None) -> str:
             "the date in it is not a real date",
         )
     if received > today + timedelta(days=1):
-        _fail(
-            "ngày trong mã ở tương lai", "the date in it is in the future"
-        )
+        _fail("ngày trong mã ở tương lai", "the date in it is in the future")
     return code

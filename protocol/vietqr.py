@@ -135,7 +135,8 @@ def parse(text: str) -> VietQR:
     additional = dict(parse_tlv(top.get("62", "")))
     reference = additional.get("08") or additional.get("01") or ""
     try:
-        return _checked(VietQR(beneficiary.get("00", ""), beneficiary.get("01", ""), int(amount_text), reference))
+        qr = VietQR(beneficiary.get("00", ""), beneficiary.get("01", ""), int(amount_text), reference)
+        return _checked(qr)
     except VietQRError as exc:
         raise VietQRError(f"payload fields are not valid: {exc}") from None
 

@@ -98,7 +98,13 @@ def test_the_format_error_shows_an_example_in_both_languages() -> None:
 
 
 @settings(max_examples=300)
-@given(st.one_of(st.text(), st.text('0123456789.-H{}"code:?=/ \x00'), st.from_regex(r"[0-9.H]{3,14}-\d{6}-\d{2,5}")))
+@given(
+    st.one_of(
+        st.text(),
+        st.text('0123456789.-H{}"code:?=/ \x00'),
+        st.from_regex(r"[0-9.H]{3,14}-\d{6}-\d{2,5}"),
+    )
+)
 def test_no_invalid_code_message_repeats_itself_or_leaks_a_pattern(text: str) -> None:
     message = invalid_message(text)
     if message is None:
