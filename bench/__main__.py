@@ -20,6 +20,7 @@ ALL = (
     "camera_motion",
     "camera_pipeline",
     "kiosk_ui",
+    "kiosk_docpage",
     "ota_verify",
     "ota_install",
     "ota_patch",
