@@ -63,3 +63,19 @@ def test_a_submission_id_cannot_be_reused_for_another_procedure() -> None:
         registry.submit(sid, "ht-ket-hon", 0)
     with pytest.raises(RpcBadRequest):
         registry.confirm_payment("000.00.01.H26-261205-0999", 1)
+
+
+def test_submit_and_receipt_through_the_dossier_service() -> None:
+    from fleet.gateway import GatewayConfig, build_dossier_service
+
+    service = build_dossier_service(GatewayConfig())
+    sid = str(uuid.uuid4())
+    first = service.call("submit", {"submission_id": sid, "procedure": "cu-thuong-tru", "fee": 1}, "kiosk-1")
+    again = service.call("submit", {"submission_id": sid, "procedure": "cu-thuong-tru"}, "kiosk-1")
+    assert again == first and first["fee"] == 10000  # the fee table's, not the device's
+    assert first["payment"] == "unpaid" and parse(first["vietqr"]).reference == first["code"]
+    assert service.call("receipt", {"code": first["code"]}, "kiosk-1")["payment"] == "unpaid"
+    with pytest.raises(RpcBadRequest):
+        service.call("submit", {"submission_id": "x", "procedure": "cu-thuong-tru"}, "kiosk-1")
+    with pytest.raises(RpcBadRequest):
+        service.call("receipt", {"code": "000.00.01.H26-260101-0042"}, "kiosk-1")
