@@ -22,6 +22,7 @@ ALL = (
     "camera_pipeline",
     "camera_dense",
     "kiosk_ui",
+    "kiosk_docpage",
     "ota_verify",
     "ota_install",
     "ota_patch",

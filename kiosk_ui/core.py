@@ -28,7 +28,7 @@ MAX_TYPED_CODE = 48
 LOOKUP_MESSAGES = {"not_found": STRINGS["lookup.not_found"], "unavailable": STRINGS["lookup.unavailable"]}
 
 
-def _with_reason(key: str, exc: ParseError) -> Message:
+def with_reason(key: str, exc: ParseError) -> Message:
     vi, en = STRINGS[key]
     return (f"{vi}: {exc.reason_vi}", f"{en}: {exc.reason_en}")
 
@@ -119,7 +119,7 @@ class KioskCore:
             session.lookup.clear()
             session.lookup.code = "".join(ch for ch in typed if ch.isprintable())[:MAX_TYPED_CODE]
             session.lookup.outcome = "invalid"
-            session.lookup.message = _with_reason("lookup.invalid", exc)
+            session.lookup.message = with_reason("lookup.invalid", exc)
         else:
             self._start_lookup(session, code)
             self._answer_lookup(session, code)
@@ -225,7 +225,7 @@ class KioskCore:
             try:
                 person = parse_cccd(text)
             except ParseError as exc:
-                session.identity_message = _with_reason("id.bad_card", exc)
+                session.identity_message = with_reason("id.bad_card", exc)
             else:
                 session.clear_identity()
                 session.identity, session.consent = person, True
@@ -240,7 +240,7 @@ class KioskCore:
                 session.lookup.clear()
                 session.lookup.outcome, session.lookup.message = (
                     "invalid",
-                    _with_reason("lookup.invalid", exc),
+                    with_reason("lookup.invalid", exc),
                 )
                 self.push(session, "lookup")
             else:

@@ -354,10 +354,10 @@ def _code_from_json(text: str) -> str:
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
-        _fail("Mã QR biên nhận không đọc được", "receipt QR looks like JSON but does not parse")
+        _fail("mã QR biên nhận không đọc được", "the receipt QR cannot be read")
     code = obj.get("code") if isinstance(obj, dict) else None
     if not isinstance(code, str):
-        _fail("Mã QR biên nhận không có mã hồ sơ", 'receipt QR JSON has no "code" string')
+        _fail("mã QR biên nhận không chứa mã", "the receipt QR does not contain one")
     return code
 
 
@@ -365,17 +365,25 @@ def _code_from_url(text: str) -> str:
     try:
         query = urlsplit(text).query
     except ValueError:
-        _fail("Mã QR biên nhận không đọc được", "receipt QR is not a valid URL")
+        _fail("mã QR biên nhận không đọc được", "the receipt QR cannot be read")
     codes = parse_qs(query).get("code")
     if not codes:
-        _fail("Mã QR biên nhận không có mã hồ sơ", "receipt QR URL has no ?code= parameter")
+        _fail("mã QR biên nhận không chứa mã", "the receipt QR does not contain one")
     return codes[0]
+
+
+EXAMPLE_DOSSIER_CODE = "000.00.01.H26-260930-0012"
+"""Shown to residents in place of the internal pattern AGENCY-YYMMDD-NNNN."""
 
 
 def parse_dossier_code(text: str, *, today: date | None = None) -> str:
     """Normalise a dossier code (typed, or from a receipt QR: bare code, URL ``?code=`` or JSON)."""
     today = today or date.today()
-    cleaned = unicodedata.normalize("NFKC", _clean(text, "Mã hồ sơ", "dossier code"))
+    try:
+        raw = _clean(text, "Mã hồ sơ", "dossier code")
+    except ParseError as exc:  # the screen already names the dossier code: keep only the predicate
+        _fail(exc.reason_vi.removeprefix("Mã hồ sơ: "), exc.reason_en.removeprefix("dossier code: "))
+    cleaned = unicodedata.normalize("NFKC", raw)
     if cleaned.startswith("{"):
         cleaned = _code_from_json(cleaned)
     elif "://" in cleaned or cleaned.lower().startswith("www."):
@@ -383,23 +391,21 @@ def parse_dossier_code(text: str, *, today: date | None = None) -> str:
     code = "".join(cleaned.translate(_DASHES).split()).upper()
     code = "".join(ch for ch in code if unicodedata.category(ch) not in ("Cc", "Cf"))
     if not code:
-        _fail("Mã hồ sơ trống", "dossier code is empty")
+        _fail("chưa nhập mã", "nothing was entered")
     match = DOSSIER_CODE_RE.fullmatch(code) if len(code) <= MAX_CODE_LENGTH else None
     if match is None:
         _fail(
-            "Mã hồ sơ không đúng dạng (ví dụ: 000.00.01.H26-260930-0012)",
-            "dossier code does not look like AGENCY-YYMMDD-NNNN (e.g. 000.00.01.H26-260930-0012)",
+            f"cần có dạng như {EXAMPLE_DOSSIER_CODE}",
+            f"it should look like {EXAMPLE_DOSSIER_CODE}",
         )
     stamp = match["date"]
     try:
         received = date(2000 + int(stamp[:2]), int(stamp[2:4]), int(stamp[4:]))
     except ValueError:
         _fail(
-            "Ngày trong mã hồ sơ không có thật",
-            "the date part (YYMMDD) of the dossier code is not a real date",
+            "ngày trong mã không có thật",
+            "the date in it is not a real date",
         )
     if received > today + timedelta(days=1):
-        _fail(
-            "Ngày trong mã hồ sơ ở tương lai", "the date part (YYMMDD) of the dossier code is in the future"
-        )
+        _fail("ngày trong mã ở tương lai", "the date in it is in the future")
     return code

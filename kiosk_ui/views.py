@@ -12,7 +12,10 @@ from kiosk_ui.parsers import Sex
 from kiosk_ui.sessions import Message, Session
 
 SCREENS = ("home", "procedures", "procedure", "lookup", "identity", "rating", "signage")
-GOOD_STATUSES = frozenset({"ready", "returned", "received", "processing"})
+DONE_STATUSES = frozenset({"ready", "returned"})
+"""Finished for the resident: shown with a green check."""
+UNDERWAY_STATUSES = frozenset({"received", "processing"})
+"""Still being handled: a neutral clock, never the check that reads as done."""
 STEP_STATES = ("done", "current", "pending")
 
 
@@ -36,6 +39,15 @@ def vi_date(value: object) -> str:
         return value
 
 
+def status_class(status: str) -> str:
+    """``good`` (done, green check), ``progress`` (underway, clock) or ``attention`` (warning)."""
+    if status in DONE_STATUSES:
+        return "good"
+    if status in UNDERWAY_STATUSES:
+        return "progress"
+    return "attention"
+
+
 def dossier_view(dossier: dict[str, Any], lang: Lang) -> dict[str, Any]:
     status = str(dossier.get("status", ""))
     steps = []
@@ -55,7 +67,7 @@ def dossier_view(dossier: dict[str, Any], lang: Lang) -> dict[str, Any]:
         "code": dossier.get("code", ""),
         "procedure": dossier.get(f"procedure_{lang}") or dossier.get("procedure", ""),
         "status_label": dossier.get(f"status_{lang}") or dossier.get("status_vi") or status,
-        "status_class": "good" if status in GOOD_STATUSES else "attention",
+        "status_class": status_class(status),
         "agency": dossier.get("agency") or "",
         "received": vi_date(dossier.get("received_date")),
         "due": vi_date(dossier.get("due_date")),

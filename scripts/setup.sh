@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian / Ubuntu / Raspberry Pi OS machine for `make demo` and `make test`:
-# system packages (mosquitto, Chromium, PostgreSQL server binaries) and a virtual environment.
+# system packages (mosquitto, Chromium, PostgreSQL server binaries, espeak-ng) and a virtual environment.
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-APT_PACKAGES=(mosquitto mosquitto-clients chromium postgresql fonts-noto-core)
+APT_PACKAGES=(mosquitto mosquitto-clients chromium postgresql fonts-noto-core espeak-ng)
 
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto mosquitto-clients)
 command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 ls /usr/share/fonts/truetype/noto/NotoSans-Regular.ttf >/dev/null 2>&1 || missing+=(fonts-noto-core)
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)  # kiosk spoken guidance (Vietnamese voice)
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "cityedge setup: installing system packages: ${missing[*]}"

@@ -13,8 +13,20 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleet.gateway.backends import DossierBackend
 from fleet.gateway.http_backend import MAX_TIMEOUT_S, HttpDossierBackend
 from fleet.gateway.local_registry import DEMO_REGISTRY, LocalRegistryDossierBackend
+from fleet.gateway.submissions import (
+    LocalSubmissionRegistry,
+    SubmissionBackend,
+    SubmissionReceipt,
+    check_submission_id,
+)
 from fleet.rpc import RpcBadRequest
 from protocol.dossier import DOSSIER_CODE_RE, MAX_CODE_LENGTH, METHOD_LOOKUP
+
+METHOD_SUBMIT = "submit"
+METHOD_RECEIPT = "receipt"
+DEMO_FEES: dict[str, int] = {"ht-trich-luc": 8000, "cu-thuong-tru": 10000, "cu-tam-tru": 7000}
+"""Online fees (đồng) by catalogue procedure id in the demo (one copy; the catalogue's online rate);
+the city's fee table in production. A procedure not listed has no fee."""
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +41,46 @@ def normalise_code(value: Any) -> str:
     return code
 
 
-class DossierService:
-    """``dossier.lookup {"code"}`` → the dossier as a dict; errors are fleet.rpc RpcError subclasses."""
+def _receipt_dict(receipt: SubmissionReceipt) -> dict[str, Any]:
+    return {
+        "submission_id": receipt.submission_id,
+        "code": receipt.code,
+        "procedure": receipt.procedure_id,
+        "fee": receipt.fee,
+        "payment": receipt.payment,
+        "vietqr": receipt.vietqr,
+    }
 
-    def __init__(self, backend: DossierBackend) -> None:
+
+class DossierService:
+    """``dossier.lookup {"code"}`` → the dossier as a dict; errors are fleet.rpc RpcError subclasses.
+
+    With a submission backend also ``dossier.submit {"submission_id", "procedure"}`` (idempotent by
+    submission id; the fee comes from the gateway's fee table, never from the device) and
+    ``dossier.receipt {"code"}`` (payment state of a submitted dossier).
+    """
+
+    def __init__(
+        self,
+        backend: DossierBackend,
+        submissions: SubmissionBackend | None = None,
+        fees: Mapping[str, int] | None = None,
+    ) -> None:
         self.backend = backend
+        self.submissions = submissions
+        self.fees = dict(fees or {})
 
     def call(self, method: str, params: dict[str, Any], device: str) -> dict[str, Any]:
+        if self.submissions is not None and method == METHOD_SUBMIT:
+            procedure = params.get("procedure")
+            if not isinstance(procedure, str) or not 0 < len(procedure) <= 64:
+                raise RpcBadRequest('dossier.submit needs params {"submission_id", "procedure"}')
+            sid = check_submission_id(params.get("submission_id"))
+            receipt = self.submissions.submit(sid, procedure, self.fees.get(procedure, 0))
+            log.debug("dossier submitted from %s (%s)", device, receipt.payment)  # no code, no content
+            return _receipt_dict(receipt)
+        if self.submissions is not None and method == METHOD_RECEIPT:
+            return _receipt_dict(self.submissions.receipt(normalise_code(params.get("code"))))
         if method != METHOD_LOOKUP:
             raise RpcBadRequest(f"dossier has no method {method!r} (use {METHOD_LOOKUP})")
         code = normalise_code(params.get("code"))
@@ -76,7 +121,8 @@ def build_dossier_service(config: GatewayConfig, environ: Mapping[str, str] | No
     """Build the service from config; the auth header is read from the environment, not the file."""
     env = os.environ if environ is None else environ
     if config.backend == "local":
-        return DossierService(LocalRegistryDossierBackend(config.registry_path))
+        backend = LocalRegistryDossierBackend(config.registry_path)
+        return DossierService(backend, LocalSubmissionRegistry(), DEMO_FEES)
     if not config.url:
         raise ValueError("gateway backend 'http' needs url")
     header = None

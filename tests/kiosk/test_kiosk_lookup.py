@@ -120,7 +120,9 @@ def test_scanning_a_receipt_qr_looks_the_dossier_up(
     page.click("#app [data-post='/api/lookup/reset']")
     page.wait_for_selector("#app #code")
     pty_scanner.write(b"000.00.01.H26-999999-0012\r\n")
-    assert "Mã hồ sơ chưa đúng" in wait_js(page, MESSAGE)
+    message = wait_js(page, MESSAGE)
+    assert "Mã hồ sơ chưa đúng" in message
+    assert message.count("Mã hồ sơ") == 1 and "YYMMDD" not in message, message
 
 
 def test_rating_is_queued_through_the_outbox_even_offline(

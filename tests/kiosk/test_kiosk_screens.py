@@ -69,12 +69,41 @@ def test_large_text_mode_keeps_targets_and_contrast(
     page, _ = open_page(kiosk.url + "/", PORTRAIT)
     base = page.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)")
     page.click("#app [data-action=large]")
-    assert page.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") > base
+    assert page.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)") >= 1.5 * base
     page.click("#app .tile-procedures")
     page.wait_for_selector(".screen-procedures")
     assert page.get_attribute("#app [data-action=large]", "aria-pressed") == "true"  # survives navigation
     shoot(page, "procedures-vi-large")
     assert a11y_problems(page) == []
+
+
+OVERFLOW_JS = """() => {
+  const width = document.documentElement.clientWidth;
+  const wide = [...document.querySelectorAll('#app *')]
+    .filter(e => e.getBoundingClientRect().right > width + 1);
+  return {page: document.documentElement.scrollWidth - width, wide: wide.slice(0, 5).map(e => e.className)};
+}"""
+
+
+@pytest.mark.parametrize("viewport", [PORTRAIT, LANDSCAPE], ids=["portrait", "landscape"])
+def test_large_text_still_fits_every_screen(
+    kiosk_factory: Callable[..., Any], open_page: Callable[..., Any], viewport: dict[str, int]
+) -> None:
+    kiosk = kiosk_factory(simulate_peripherals=True)
+    page, _ = open_page(kiosk.url + "/", viewport)
+    page.click("#app [data-action=large]")
+    size = f"{viewport['width']}x{viewport['height']}"
+    misfits: dict[str, Any] = {}
+    for screen, (clicks, _) in SCREENS.items():
+        go_home(page)
+        for selector in clicks:
+            page.click(f"#app {selector}")
+        page.wait_for_selector(f".screen-{screen}")
+        found = page.evaluate(OVERFLOW_JS)
+        if found["page"] > 0 or found["wide"]:
+            misfits[screen] = found
+        shoot(page, f"{screen}-vi-{size}-large")
+    assert misfits == {}
 
 
 def test_font_comes_from_the_kiosk_server(
