@@ -149,7 +149,6 @@ def test_soak_delays_next_wave() -> None:
 
 def test_halt_reason_and_grouping() -> None:
     outcomes: list[Outcome] = ["committed", "committed", "committed", "committed", "rolled_back"]
-    outcomes: list[Outcome] = [*committed, "rolled_back"]
     bad = count_wave(outcomes)
     decision = decide(Policy(min_executed=5, max_failure=0.05), [bad], 4, 0.0, 0.0)
     assert decision.action == "halt"
