@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine
 
 from fleet.rollouts import store
+from fleet.rollouts.facts import device_facts
 from fleet.rollouts.plan import DeviceFact, Outcome, WaveCount, count_wave, decide, outcome
 
 SetRelease = Callable[[str, str], None]
@@ -107,3 +108,16 @@ def abort(
             clear_release(device)
         count += 1
     return count
+
+
+def tick_all(engine: Engine, set_release: SetRelease, now: datetime) -> dict[str, TickResult]:
+    """One tick of every running rollout, with facts from the fleet database (what the fleet's
+    maintenance thread calls each second; a test calls it once)."""
+    results: dict[str, TickResult] = {}
+    for rollout_id, release in store.running(engine):
+
+        def facts(names: Sequence[str], release: str = release) -> Mapping[str, DeviceFact]:
+            return device_facts(engine, release, names)
+
+        results[rollout_id] = tick(engine, rollout_id, set_release, facts, now)
+    return results

@@ -174,3 +174,14 @@ def started_waves(engine: Engine, rollout_id: str) -> int:
     """How many waves have at least one targeted device."""
     waves = {w for _, w, _, at in targets(engine, rollout_id) if at is not None}
     return max(waves) + 1 if waves else 0
+
+
+def running(engine: Engine) -> list[tuple[str, str]]:
+    """``(id, release)`` of every running rollout, oldest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(rollouts.c.id, rollouts.c.release)
+            .where(rollouts.c.state == "running")
+            .order_by(rollouts.c.created_at, rollouts.c.id)
+        ).all()
+    return [(row.id, row.release) for row in rows]

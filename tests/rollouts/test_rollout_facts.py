@@ -65,3 +65,46 @@ def test_selection_and_facts(tmp_path: Path) -> None:
     assert not facts["cam-2"].online
     assert facts["cam-3"].online
     assert facts["cam-3"].ota_kind is None  # its report is about another release
+
+
+def test_tick_all_reads_reports_from_the_database(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from fleet.rollouts import store
+    from fleet.rollouts.driver import tick_all
+    from fleet.rollouts.plan import Policy
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
+    create_schema(engine)
+    names = [f"cam-{i}" for i in range(10)]
+    with engine.begin() as conn:
+        conn.execute(
+            devices.insert(),
+            [
+                {
+                    "id": n,
+                    "role": "camera",
+                    "version": "1.0.0",
+                    "online": True,
+                    "first_seen": T0,
+                    "last_seen": T0,
+                }
+                for n in names
+            ],
+        )
+    policy = Policy(waves=(0.5, 1.0), min_executed=5, soak_s=0.0, deadline_s=60.0)
+    store.create_rollout(engine, "r1", "1.1.0", "", policy, select_devices(engine, Selector()), T0)
+    sent: list[str] = []
+    tick_all(engine, lambda device, _version: sent.append(device), T0)
+    assert len(sent) == 5
+    with engine.begin() as conn:
+        record_ota(
+            conn,
+            [
+                {"device": d, "seq": 1, "kind": "ota.committed", "ts": T0, "data": {"to": "1.1.0"}}
+                for d in sent
+            ],
+        )
+    later = T0 + timedelta(seconds=1)
+    assert tick_all(engine, lambda device, _version: sent.append(device), later)["r1"].started_waves == 2
+    assert sorted(sent) == names
