@@ -185,3 +185,10 @@ def running(engine: Engine) -> list[tuple[str, str]]:
             .order_by(rollouts.c.created_at, rollouts.c.id)
         ).all()
     return [(row.id, row.release) for row in rows]
+
+
+def all_ids(engine: Engine) -> list[str]:
+    """Every rollout id, newest first."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(rollouts.c.id).order_by(rollouts.c.created_at.desc(), rollouts.c.id)).all()
+    return [row.id for row in rows]
