@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
+import pytest
+import typer
 from fleet_helpers import FleetFactory, MakeDevice, bearer, make_token, serve_http, wait_for
+from typer.testing import CliRunner
 
 from fleet.api import create_app
+from fleet.cli import register
 
 
 def test_rollout_routes_start_pause_resume_abort_and_refuse_overlap(
@@ -65,3 +70,46 @@ def test_rollout_routes_start_pause_resume_abort_and_refuse_overlap(
         )
         assert call("GET", "/api/rollouts").json()[0]["id"] == rid
         assert call("POST", "/api/rollouts", json={**body, "release": "1.2.0"}).status_code == 201
+
+
+def test_rollout_cli(
+    make_fleet: FleetFactory, make_device: MakeDevice, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fleet = make_fleet()
+    for i in range(4):
+        make_device(f"cam-{i}", role="camera", version="1.0.0").connect()
+    wait_for(lambda: len(fleet.store.devices()) == 4, what="devices known")
+    monkeypatch.setenv("CITYEDGE_TOKEN", make_token(fleet, "admin"))
+    app = typer.Typer()
+    register(app)
+
+    def cli(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args))
+
+    with serve_http(create_app(fleet)) as url:
+        out = cli(
+            "rollout",
+            "start",
+            "--release",
+            "1.1.0",
+            "--select",
+            "role=camera",
+            "--waves",
+            "50%,100%",
+            "--soak",
+            "1h",
+            "--json",
+            "--api",
+            url,
+        )
+        assert out.exit_code == 0, out.output
+        rid = json.loads(out.output)["id"]
+        again = cli("rollout", "start", "--release", "1.2.0", "--api", url)
+        assert again.exit_code == 1 and "still active on overlapping devices" in again.output
+        assert "paused" in cli("rollout", "pause", rid, "--api", url).output
+        assert "running" in cli("rollout", "resume", rid, "--api", url).output
+        shown = cli("rollout", "status", rid, "--api", url)
+        assert shown.exit_code == 0 and f"rollout {rid}: 1.1.0 on 'role=camera' (4 devices)" in shown.output
+        assert "aborted" in cli("rollout", "abort", rid, "--api", url).output
+        listing = json.loads(cli("rollout", "status", "--json", "--api", url).output)
+        assert [r["id"] for r in listing] == [rid]
