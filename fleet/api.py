@@ -329,6 +329,9 @@ def create_app(
     app.include_router(api_router())
     app.include_router(ops_router())
     app.include_router(audit_router())
+    from fleet.rollouts.api import rollout_router
+
+    app.include_router(rollout_router())
     app.include_router(openapi_router(app))
     for router in extra_routers:
         app.include_router(router)

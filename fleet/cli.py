@@ -373,3 +373,6 @@ def register(app: typer.Typer) -> None:
     register_pki(fleet)
     register_claims(fleet)
     app.add_typer(fleet, name="fleet")
+    from fleet.rollouts.cli import register_rollout
+
+    register_rollout(app)  # cityedge rollout start|status|pause|resume|abort

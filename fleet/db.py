@@ -117,6 +117,33 @@ device_ota = Table(
 )
 """The latest ``ota.*`` event of each device (highest seq), kept by the writer for the dashboard."""
 
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("release", String(128), nullable=False),
+    Column("selector", String(500), nullable=False),
+    Column("policy", JsonType, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("reason", String(500), nullable=False, default=""),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("wave_settled_at", UtcDateTime),
+)
+"""Staged rollouts (``fleet/rollouts``): state is running, paused, halted, aborted or complete."""
+
+rollout_targets = Table(
+    "rollout_targets",
+    metadata,
+    Column("rollout", String(64), primary_key=True),
+    Column("device", ID, primary_key=True),
+    Column("wave", Integer, nullable=False),
+    Column("previous", String(128)),
+    Column("targeted_at", UtcDateTime),
+    Index("ix_rollout_targets_device", "device"),
+)
+"""Every device planned into a rollout with its wave; ``targeted_at`` is set once its desired state
+carries the release, so a restarted worker neither re-targets nor skips it."""
+
 gaps = Table(
     "seq_gaps",
     metadata,

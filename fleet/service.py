@@ -191,6 +191,15 @@ class FleetService:
             except Exception as exc:  # supervisor boundary: retried at the next interval
                 log.warning("could not evaluate alerts: %s", exc)
 
+    def _rollouts(self) -> None:
+        """Advance every running staged rollout by one tick (fleet/rollouts)."""
+        from fleet.rollouts.driver import tick_all
+
+        def set_release(device: str, version: str) -> None:
+            self.desired.set_release(device, version)
+
+        tick_all(self.store.writer, set_release, utc_now())
+
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0
         last_crl = float("-inf")
@@ -213,6 +222,10 @@ class FleetService:
                 self.desired.tick()
             except Exception as exc:  # supervisor boundary: retried next second
                 log.warning("could not re-sign desired states: %s", exc)
+            try:
+                self._rollouts()
+            except Exception as exc:  # supervisor boundary: retried next second
+                log.warning("could not advance rollouts: %s", exc)
             if time.monotonic() - last_log >= 10.0:
                 total = self.stats.committed
                 if total != last_total:

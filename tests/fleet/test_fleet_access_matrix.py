@@ -41,6 +41,7 @@ PATH_VALUES = {
     "sha256": "0" * 64,
     "name": "root.json",
     "path": "objects/" + "0" * 64,
+    "rollout_id": "nosuchrollout",
 }
 
 

@@ -1,0 +1,123 @@
+"""One step of a running rollout: read facts, decide (``plan``), act, store (``store``).
+
+``tick`` is what a fleet worker calls periodically (and a test calls once). Its I/O comes in as
+functions: ``set_release(device, version)`` sets the release in the device's signed desired state
+(``DesiredService.set_release`` in the fleet), ``facts(devices)`` gives each device's
+``DeviceFact`` (online state and latest ``ota.*`` report about the release). Devices are marked
+targeted only after their desired state was set, so a worker killed in between re-sends at most
+that one idempotent desired state and never skips a device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from sqlalchemy import Engine
+
+from fleet.rollouts import store
+from fleet.rollouts.facts import device_facts
+from fleet.rollouts.plan import DeviceFact, Outcome, WaveCount, count_wave, decide, outcome
+
+SetRelease = Callable[[str, str], None]
+Facts = Callable[[Sequence[str]], Mapping[str, DeviceFact]]
+
+
+@dataclass(frozen=True)
+class TickResult:
+    state: str
+    started_waves: int
+    waves: list[WaveCount]
+    reason: str = ""
+
+
+def _ts(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def wave_counts(engine: Engine, rollout: store.Rollout, facts: Facts, now: datetime) -> list[WaveCount]:
+    """Counts per started wave (devices targeted so far)."""
+    rows = [r for r in store.targets(engine, rollout.id) if r[3] is not None]
+    known = facts([r[0] for r in rows])
+    by_wave: dict[int, list[Outcome]] = {}
+    for device, wave, _previous, targeted_at in rows:
+        assert targeted_at is not None
+        fact = known.get(device, DeviceFact(online=False))
+        result = outcome(fact, _ts(targeted_at), _ts(now), rollout.policy.deadline_s)
+        by_wave.setdefault(wave, []).append(result)
+    top = max(by_wave) + 1 if by_wave else 0
+    return [count_wave(by_wave.get(i, [])) for i in range(top)]
+
+
+def tick(engine: Engine, rollout_id: str, set_release: SetRelease, facts: Facts, now: datetime) -> TickResult:
+    rollout = store.load(engine, rollout_id)
+    planned = max((w for _, w, _, _ in store.targets(engine, rollout_id)), default=-1) + 1
+    started = store.started_waves(engine, rollout_id)
+    # finish targeting a wave a killed worker left half done
+    if rollout.state == "running" and started:
+        _target(engine, rollout, started - 1, set_release, now)
+    counts = wave_counts(engine, rollout, facts, now)
+    if rollout.state != "running":
+        return TickResult(rollout.state, started, counts, rollout.reason)
+    if counts and counts[-1].settled and rollout.wave_settled_at is None:
+        store.set_wave_settled(engine, rollout_id, now)
+        rollout = store.load(engine, rollout_id)
+    settled = None if rollout.wave_settled_at is None else _ts(rollout.wave_settled_at)
+    decision = decide(rollout.policy, counts, planned, settled, _ts(now))
+    if decision.action == "halt":
+        store.set_state(engine, rollout_id, "halted", decision.reason)
+        return TickResult("halted", started, counts, decision.reason)
+    if decision.action == "complete":
+        store.set_state(engine, rollout_id, "complete")
+        return TickResult("complete", started, counts)
+    if decision.action == "start_wave" and decision.wave is not None:
+        store.set_wave_settled(engine, rollout_id, None)
+        _target(engine, rollout, decision.wave, set_release, now)
+        started = decision.wave + 1
+        counts = wave_counts(engine, rollout, facts, now)
+    return TickResult("running", started, counts, decision.reason)
+
+
+def _target(
+    engine: Engine, rollout: store.Rollout, wave: int, set_release: SetRelease, now: datetime
+) -> None:
+    for device in store.untargeted(engine, rollout.id, wave):
+        set_release(device, rollout.release)
+        store.mark_targeted(engine, rollout.id, [device], now)
+
+
+def abort(
+    engine: Engine,
+    rollout_id: str,
+    set_release: SetRelease,
+    clear_release: Callable[[str], None],
+    reason: str = "aborted by operator",
+) -> int:
+    """Abort: every targeted device gets its previous release back (or none). Returns how many."""
+    store.set_state(engine, rollout_id, "aborted", reason)
+    count = 0
+    for device, _wave, previous, targeted_at in store.targets(engine, rollout_id):
+        if targeted_at is None:
+            continue
+        if previous:
+            set_release(device, previous)
+        else:
+            clear_release(device)
+        count += 1
+    return count
+
+
+def tick_all(engine: Engine, set_release: SetRelease, now: datetime) -> dict[str, TickResult]:
+    """One tick of every running rollout, with facts from the fleet database (what the fleet's
+    maintenance thread calls each second; a test calls it once)."""
+    results: dict[str, TickResult] = {}
+    for rollout_id, release in store.running(engine):
+
+        def facts(names: Sequence[str], release: str = release) -> Mapping[str, DeviceFact]:
+            return device_facts(engine, release, names)
+
+        results[rollout_id] = tick(engine, rollout_id, set_release, facts, now)
+    return results
