@@ -26,6 +26,7 @@ ALL = (
     "ota_verify",
     "ota_install",
     "ota_patch",
+    "iobus_roundtrip",
 )
 
 

@@ -129,10 +129,20 @@ def _sim(ctx: Ctx) -> list[str]:
             "--id-prefix", "sim", "--time-scale", "6", "--telemetry-interval", "10"]  # fmt: skip
 
 
+def io_board_dir(ctx: Ctx) -> Path:
+    """The demo cabinet's I/O board: the real firmware under MicroPython (software in the loop)."""
+    return ctx.data_dir / "io-board"
+
+
+def _io_board(ctx: Ctx) -> list[str]:
+    return [*ctx.cli, "iob", "sim", "--state-dir", str(io_board_dir(ctx)), "--no-usb"]
+
+
 def demo_parts() -> list[Part]:
     """The demo's children, started in this order and stopped in the reverse order."""
     return [
         Part("fleet", _fleet, essential=True, ready_path="/healthz", env=lambda ctx: ctx.fleet_env),
+        Part("io-board", _io_board),
         Part("agent-kiosk", _agent("kiosk-demo-0001", "kiosk")),
         Part("kiosk-ui", _kiosk_ui),
         Part("agent-camera", _agent("cam-demo-0001", "camera")),
@@ -371,7 +381,10 @@ def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
     console.print(f"Sign in to the dashboard (admin, this demo only):\n{link}", markup=False)
     console.print(f"The token is also in {token_file} (mode 0600) for the CLI: --token-file", markup=False)
     claim = demo_security.create_claim(sup.ctx.data_dir)
-    tech = demo_security.technician_lines("cityedge", sup.ctx.data_dir, sup.ctx.http, claim, "simulated")
+    board = io_board_dir(sup.ctx)
+    tech = demo_security.technician_lines(
+        "cityedge", sup.ctx.data_dir, sup.ctx.http, claim, str(board / "port")
+    )
     for line in tech:
         console.print(line, markup=False, highlight=False)
     console.print("Press Ctrl-C to stop everything.")

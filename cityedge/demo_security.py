@@ -152,4 +152,6 @@ def technician_lines(cli: str, data_dir: Path, http: str, token: str, io_board: 
         f"  {cli} provision selftest --data-dir {device_dir}",
         f"  {cli} provision label --data-dir {device_dir} \\",
         f"    --out {data_dir / 'label.png'}",
+        "Open the cabinet door (the fleet gets cabinet.tamper; selftest then fails):",
+        f"  {cli} iob set --state-dir {Path(io_board).parent} tamper=open",
     ]

@@ -157,7 +157,7 @@ def _technician_path(text: str, base: str, token: str, demo_dir: Path) -> None:
     """A new technician copies the demo's lines: the device enrols over mTLS with signed commands,
     passes every selftest check including the I/O board, and its label is printed."""
     printed = text[text.index("Technician: enrol one more device") :].splitlines()
-    assert all(len(line) <= 80 for line in printed[:10]), printed[:10]
+    assert all(len(line) <= 80 for line in printed[:12]), printed[:12]
     commands = _technician_commands(text)
     assert set(commands) == {"enroll", "selftest", "label"}, commands
     device_dir = Path(commands["enroll"][commands["enroll"].index("--data-dir") + 1])
@@ -177,6 +177,12 @@ def _technician_path(text: str, base: str, token: str, demo_dir: Path) -> None:
         assert checks["ioboard"]["status"] == "ok", checks["ioboard"]
         assert "tamper closed" in checks["ioboard"]["detail"]
         assert _run80(commands["selftest"]).returncode == 0
+        # The demo cabinet's door, opened from the printed line: the fleet hears of it.
+        door = printed[printed.index(next(p for p in printed if p.startswith("Open the cabinet door"))) + 1]
+        opened = _run80([CLI, *door.split()[1:]])
+        assert opened.returncode == 0, opened.stderr
+        wait_until(lambda: _has_event(base, token, TECH_DEVICE, "cabinet.tamper"), 60, "cabinet.tamper")
+        assert _run80(commands["selftest"]).returncode == 1  # open cabinet: the I/O board check fails
         label = _run80(commands["label"])
         assert label.returncode == 0 and Path(commands["label"][-1]).stat().st_size > 1000
         # The fleet's command reaches it signed (the device refuses unsigned ones).
@@ -202,6 +208,13 @@ def _technician_path(text: str, base: str, token: str, demo_dir: Path) -> None:
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
     finally:
         stop_agent(DeviceFiles(device_dir))
+
+
+def _has_event(base: str, token: str, device: str, kind: str) -> bool:
+    try:
+        return any(e["kind"] == kind for e in _get(f"{base}api/devices/{device}/events", token))
+    except OSError:
+        return False
 
 
 def _selftest_ok(argv: list[str]) -> bool:
