@@ -199,6 +199,14 @@ class CabinetMonitor:
         if out is None:
             log.info("I/O board: event '%s' has no contract event; ignored", event.kind)
             return
+        if event.kind == "tamper":  # keep the last reading's tamper state current for selftest
+            opened = event.data.get("state") == "open"
+            latched = opened or bool(self.last_status.get("tamper_latched"))
+            self.last_status = {
+                **self.last_status,
+                "tamper": event.data.get("state"),
+                "tamper_latched": latched,
+            }
         if out.kind == "signal.phase":
             at = event.host_ts if event.host_ts is not None else self._clock()
             self.phases.record(at, str(out.data.get("phase")))

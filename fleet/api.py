@@ -47,7 +47,7 @@ from fleet.desired import (
 from fleet.devicequery import DeviceFilter
 from fleet.inbound import OVERSIZED
 from fleet.metrics import render_metrics
-from fleet.paging import device_filter, set_page_headers
+from fleet.paging import device_filter, refuse_nul, set_page_headers
 from fleet.privacy import redact_event
 from fleet.service import FleetService
 
@@ -97,6 +97,7 @@ def api_router() -> APIRouter:
     ) -> Any:
         """Alerts computed by the fleet, newest first (open ones only unless ``open=false``);
         the total is in ``X-Total-Count``."""
+        refuse_nul(device, kind)
         rows, total = list_alerts(
             fleet_of(request).store, open_only=open, device=device, kind=kind, limit=limit, offset=offset
         )

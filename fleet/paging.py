@@ -32,6 +32,7 @@ def device_filter(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = DEFAULT_LIMIT,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Devices to skip.")] = 0,
 ) -> DeviceFilter:
+    refuse_nul(role, site, version, health, q)
     try:
         key, descending = DeviceFilter.parse_sort(sort)
     except ValueError as exc:
@@ -49,6 +50,12 @@ def device_filter(
         limit=limit,
         offset=offset,
     )
+
+
+def refuse_nul(*values: str | None) -> None:
+    """NUL characters cannot be searched for (PostgreSQL text refuses them): a clear 422."""
+    if any(v is not None and "\x00" in v for v in values):
+        raise HTTPException(422, "filter values cannot contain NUL characters")
 
 
 def set_page_headers(request: Request, response: Response, flt: DeviceFilter, count: int, total: int) -> None:
