@@ -109,7 +109,7 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
         family = psutil.Process(proc.pid).children(recursive=True)
         assert len(family) >= 5  # mosquitto, fleet, two agents, simulator
 
-        sim = next(p for p in family if " sim " in " ".join(p.cmdline()) + " ")
+        sim = next(p for p in family if " sim --broker " in " ".join(p.cmdline()))
         sim.kill()
         wait_until(lambda: f"sim (pid {sim.pid}) exited" in out.text, 10, "the dead simulator reported")
         assert "last lines of" in out.text and proc.poll() is None  # not essential: the demo goes on
