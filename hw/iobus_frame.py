@@ -16,7 +16,8 @@ from enum import IntEnum
 from typing import Any
 
 from cobs import cobs
-from crc import Calculator, Configuration
+
+from protocol.crc16 import Crc16
 
 VERSION = 1
 MAX_BODY = 500
@@ -24,14 +25,6 @@ MAX_BODY = 500
 MAX_PAYLOAD = MAX_BODY - 6
 MAX_ENCODED = MAX_BODY + 3
 """COBS adds one byte per 254 (two here; the delimiter is not counted)."""
-_CCITT_FALSE = Configuration(
-    width=16,
-    polynomial=0x1021,
-    init_value=0xFFFF,
-    final_xor_value=0x0000,
-    reverse_input=False,
-    reverse_output=False,
-)
 
 
 class FrameType(IntEnum):
@@ -65,16 +58,6 @@ class DecodeStats:
     @property
     def total_dropped(self) -> int:
         return sum(self.dropped.values())
-
-
-class Crc16:
-    """CRC-16/CCITT-FALSE (check value 0x29B1 for b"123456789")."""
-
-    def __init__(self) -> None:
-        self._calc = Calculator(_CCITT_FALSE, optimized=True)
-
-    def __call__(self, data: bytes) -> int:
-        return int(self._calc.checksum(data))
 
 
 class FrameCodec:

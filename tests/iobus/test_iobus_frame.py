@@ -8,13 +8,13 @@ from hypothesis import strategies as st
 
 from hw.iobus_frame import (
     MAX_PAYLOAD,
-    Crc16,
     Frame,
     FrameCodec,
     FrameDecoder,
     FrameError,
     FrameType,
 )
+from protocol.crc16 import Crc16
 
 CODEC = FrameCodec()
 
