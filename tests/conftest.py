@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from fleet.broker import MosquittoBroker
+
 # Wall-clock deadlines on examples fail on a busy machine (a first example pays for imports and
 # compiled patterns); the properties themselves are what the tests check.
 settings.register_profile("cityedge", deadline=None)
 settings.load_profile("cityedge")
-
-from fleet.broker import MosquittoBroker
 
 
 @pytest.fixture
