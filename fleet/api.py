@@ -97,7 +97,7 @@ def api_router() -> APIRouter:
     ) -> Any:
         """Alerts computed by the fleet, newest first (open ones only unless ``open=false``);
         the total is in ``X-Total-Count``."""
-        refuse_nul(device, kind)
+        refuse_nul(device=device, kind=kind)
         rows, total = list_alerts(
             fleet_of(request).store, open_only=open, device=device, kind=kind, limit=limit, offset=offset
         )

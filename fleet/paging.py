@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 
 from fleet.devicequery import DEFAULT_LIMIT, MAX_LIMIT, SORTS, STATES, DeviceFilter
 
@@ -32,11 +33,13 @@ def device_filter(
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT, description="Page size.")] = DEFAULT_LIMIT,
     offset: Annotated[int, Query(ge=0, le=10_000_000, description="Devices to skip.")] = 0,
 ) -> DeviceFilter:
-    refuse_nul(role, site, version, health, q)
+    refuse_nul(role=role, site=site, version=version, health=health, q=q)
     try:
         key, descending = DeviceFilter.parse_sort(sort)
     except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
+        raise RequestValidationError(
+            [{"type": "value_error", "loc": ("query", "sort"), "msg": str(exc), "input": sort}]
+        ) from exc
     return DeviceFilter(
         role=role or None,
         site=site or None,
@@ -52,10 +55,16 @@ def device_filter(
     )
 
 
-def refuse_nul(*values: str | None) -> None:
-    """NUL characters cannot be searched for (PostgreSQL text refuses them): a clear 422."""
-    if any(v is not None and "\x00" in v for v in values):
-        raise HTTPException(422, "filter values cannot contain NUL characters")
+def refuse_nul(**values: str | None) -> None:
+    """NUL characters cannot be searched for (PostgreSQL text refuses them): a 422 shaped like
+    every other validation error, naming the parameter."""
+    errors = [
+        {"type": "value_error", "loc": ("query", name), "msg": "cannot contain NUL characters", "input": v}
+        for name, v in values.items()
+        if v is not None and "\x00" in v
+    ]
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def set_page_headers(request: Request, response: Response, flt: DeviceFilter, count: int, total: int) -> None:
