@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import HTTPException, Query, Request, Response
+from fastapi import Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from fleet.devicequery import DEFAULT_LIMIT, MAX_LIMIT, SORTS, STATES, DeviceFilter
