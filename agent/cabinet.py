@@ -222,8 +222,12 @@ class CabinetMonitor:
                 if not self._introduced:
                     self._introduce(cfg)
                     next_status = 0.0
-                self.board.heartbeat()
+                beat = self.board.heartbeat()
                 self.heartbeats += 1
+                if self._restarted(beat):
+                    log.warning("I/O board restarted (boot %s): introducing the agent again", beat["boot"])
+                    self._introduce(cfg)
+                    next_status = 0.0
                 now = time.monotonic()
                 if now >= next_status:
                     self._read_status()
@@ -235,6 +239,36 @@ class CabinetMonitor:
                 self.last_error = str(exc)
                 self._introduced = False
             self._stop.wait(cfg.heartbeat_s)
+
+    def _restarted(self, beat: dict[str, Any]) -> bool:
+        """The board rebooted since ``hello`` (a new firmware, a brown-out): it lost the thresholds."""
+        boot, known = beat.get("boot"), self.info.get("boot")
+        return isinstance(boot, int) and isinstance(known, int) and boot != known
+
+    def firmware(self, timeout_s: float, stop: threading.Event) -> str | None:
+        """The firmware version the board reports, waiting up to ``timeout_s`` for it to answer."""
+        deadline = time.monotonic() + timeout_s
+        while not self._introduced and time.monotonic() < deadline:
+            if stop.wait(0.1):
+                break
+        fw = self.info.get("fw") if self._introduced else None
+        return fw if isinstance(fw, str) else None
+
+    def wait_firmware(self, version: str, timeout_s: float, stop: threading.Event) -> str | None:
+        """Wait until the board answers, introduced, running ``version``: None, or why not (words)."""
+        deadline = time.monotonic() + timeout_s
+        while not (self._introduced and self.info.get("fw") == version):
+            if stop.wait(0.1):
+                return "the agent stopped while waiting for the I/O board"
+            if time.monotonic() > deadline:
+                if not self._introduced:
+                    why = self.last_error or "no answer on its serial port"
+                    return f"the I/O board did not come back within {timeout_s:.0f} s ({why})"
+                return (
+                    f"the I/O board runs firmware {self.info.get('fw')}, not {version}, "
+                    f"{timeout_s:.0f} s after flashing"
+                )
+        return None
 
     def _introduce(self, cfg: IobusSection) -> None:
         hello = self.board.request("hello")

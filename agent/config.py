@@ -326,6 +326,20 @@ class IobusSection(Section):
         ),
     )
     baudrate: int = Field(default=115200, gt=0, description="UART speed of the I/O board.")
+    usb_port: str | None = Field(
+        default=None,
+        description=(
+            "The board's USB serial port (its MicroPython REPL, e.g. /dev/serial/by-id/usb-MicroPython_...), "
+            "through which the agent flashes the firmware a release carries; none: releases cannot update "
+            "the board's firmware on this device."
+        ),
+    )
+    firmware_timeout_s: float = Field(
+        default=120.0,
+        ge=5,
+        le=1800,
+        description="Seconds the board has, after flashing, to answer running the new firmware.",
+    )
     heartbeat_s: float = Field(
         default=5.0, ge=0.05, le=600, description="Seconds between heartbeats to the board's watchdog."
     )

@@ -30,8 +30,9 @@ from agent.errors import AgentError, CommandFailed, ConfigError
 from agent.link import Link
 from agent.localapi import LocalApiServer, Req
 from agent.logs import set_level, setup_logging
+from agent.ota.boardfw import BoardFirmware
 from agent.ota.errors import OtaError
-from agent.ota.updater import Updater, running_slot_from_env
+from agent.ota.updater import BoardSync, Updater, running_slot_from_env
 from agent.ota.wiring import add_local_ops, build_parts, launched_root, update_handler
 from agent.outbox import Outbox
 from agent.renewal import CertRenewer
@@ -44,7 +45,8 @@ from agent.system import System, build_system
 from agent.telemetry import TelemetryPublisher, TelemetrySampler
 from agent.version import agent_version
 from agent.wiring import OVERRIDES_FILE, ConfigLayers, choose_verifier, load_plugin, lock_data_dir
-from hw.iobus import IoBoard
+from hw.iobflash import BoardFlasher, MpremoteFlasher, SimulatedFlasher
+from hw.iobus import IoBoard, SimulatedIoBoard
 from protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -181,11 +183,26 @@ class Agent:
             emit=self._emit_event,
             request_exit=self._exit_for_update,
             connected=lambda: self.link.connected,
+            board_firmware=self._board_firmware(config),
         )
         self.shadow.add_release_hook(updater.on_desired)
         if self.localapi is not None:
             add_local_ops(self.localapi, updater)
         return updater
+
+    def _board_firmware(self, config: AgentConfig) -> BoardSync | None:
+        """With an I/O board, releases carry its firmware (agent/ota/boardfw.py)."""
+        monitor = self.cabinet
+        if monitor is None:
+            return None
+        flasher: BoardFlasher | None = None
+        if isinstance(monitor.board, SimulatedIoBoard):
+            flasher = SimulatedFlasher(monitor.board)
+        elif config.iobus.usb_port:
+            flasher = MpremoteFlasher(config.iobus.usb_port)
+        return BoardFirmware(
+            flasher, monitor.firmware, monitor.wait_firmware, lambda: self.config.iobus.firmware_timeout_s
+        )
 
     def _build_cabinet(self, config: AgentConfig, board: IoBoard | None) -> CabinetMonitor | None:
         """The cabinet I/O board when ``[iobus] port`` is set (or a board is passed in)."""

@@ -370,7 +370,8 @@ def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
         Panel.fit(
             f"[bold green]Dashboard: {url}[/bold green]\n"
             f"Kiosk screen: {kiosk}\n"
-            f"Update: {demo_ota.DEVICE} moves {demo_ota.FIRST} -> {demo_ota.SECOND} once online\n"
+            f"Update: {demo_ota.DEVICE} moves {demo_ota.FIRST} -> {demo_ota.SECOND} once online,\n"
+            "  flashing its I/O board's new firmware after its health gate\n"
             f"  (its OTA column; on the device: cityedge agent ota status --data-dir\n"
             f"   {sup.ctx.data_dir / demo_ota.DEVICE / 'data'})",
             title="cityedge demo is running",

@@ -1,9 +1,10 @@
 """The demo's update: a release repository with two releases, one device under the launcher, and
 the fleet told to move it to the second release once it is online.
 
-Release 0.1.0 carries the project's wheel and a notes file; 0.1.1 changes only the notes, so the
-device downloads one small object (content addressing) and commits. The repository's offline keys
-live beside it in the demo's data directory, which is fine for a demo only.
+Release 0.1.0 carries the project's wheel, a notes file and the cabinet I/O board's firmware; 0.1.1
+changes the notes and the firmware's version, so the device downloads a few small objects (content
+addressing), passes its health gate, flashes its (simulated) I/O board and commits. The
+repository's offline keys live beside it in the demo's data directory, which is fine for a demo only.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def prepare_releases(data_dir: Path) -> Path:
     """Create the repository and publish both releases (once; later starts reuse them)."""
     from fleet.releases.bundle import build_bundle
     from fleet.releases.repo import init_repo, publish
+    from provisioning.firmware import build_firmware, firmware_version
 
     base = data_dir / "releases"
     repo, keys = repo_dir(data_dir), base / "offline-keys"
@@ -42,7 +44,16 @@ def prepare_releases(data_dir: Path) -> Path:
             notes = base / "src" / version / "NOTES.txt"
             notes.parent.mkdir(parents=True, exist_ok=True)
             notes.write_text(f"cityedge demo release {version}\n")
-            build_bundle(version, bundle, sources=[("NOTES.txt", notes)], notes=f"demo release {version}")
+            fw_version = firmware_version() + ("" if version == FIRST else "+demo")
+            firmware = base / "src" / version / "firmware"
+            build_firmware(firmware, version=fw_version)
+            build_bundle(
+                version,
+                bundle,
+                sources=[("NOTES.txt", notes)],
+                firmware=firmware,
+                notes=f"demo release {version} (I/O board firmware {fw_version})",
+            )
         publish(repo, bundle, targets_key)
     return repo
 
@@ -63,6 +74,7 @@ def ota_agent_argv(cli: tuple[str, ...], broker_url: str, http: str, data_dir: P
         "# Demo only: the demo fleet sends unsigned desired state.\n"
         "[commands]\nrequire_signature = false\n"
         f'[ota]\nenabled = true\nrepository_url = "{repository}"\nroot = "{root}"\nhealth_timeout_s = 60\n'
+        '[iobus]\nport = "simulated"\nheartbeat_s = 1.0\n'
     )
     return [sys.executable, str(root / "launcher.py"), "--root", str(root), "--", "--config", str(config),
             "--device-id", DEVICE, "--role", "generic", "--broker", broker_url,

@@ -417,6 +417,7 @@ class SimulatedIoBoard:
         self.overheated = False
         self.heartbeats = 0
         self.host_reset: dict[str, Any] | None = None
+        self.boot = 1
         self._on_event: EventCallback | None = None
         self._running = False
 
@@ -433,6 +434,12 @@ class SimulatedIoBoard:
 
     def stop(self) -> None:
         self._running = False
+
+    def install(self, firmware: str) -> None:
+        """A new firmware was flashed: the board restarts running it."""
+        self.firmware = firmware
+        self.boot += 1
+        self._t0 = self._clock()
 
     def heartbeat(self) -> dict[str, Any]:
         return self.request("hb")
@@ -453,12 +460,12 @@ class SimulatedIoBoard:
                 "proto": FIRMWARE_PROTO,
                 "board": "sim",
                 "uptime_ms": self._t(),
-                "boot": 1,
+                "boot": self.boot,
                 "host_reset": self.host_reset,
             }
         if op == "hb":
             self.heartbeats += 1
-            return {"ok": True, "t": self._t()}
+            return {"ok": True, "t": self._t(), "boot": self.boot}
         if op == "status":
             return {"ok": True, **self._status()}
         if op == "ack_tamper":

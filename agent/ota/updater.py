@@ -63,6 +63,19 @@ class Cancelled(OtaError):
 
 
 @dataclasses.dataclass(frozen=True)
+class SyncBoard:
+    """Queued at start when this slot is not on trial: bring the I/O board to its firmware."""
+
+
+class BoardSync(Protocol):
+    """The I/O board's firmware in the release (``agent.ota.boardfw.BoardFirmware``)."""
+
+    def ensure(self, slot_dir: Path, stop: threading.Event) -> str | None: ...
+
+    def trial_time_s(self, slot_dir: Path) -> float: ...
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckNow:
     """Queued by ``check``: refresh the repository's metadata, then evaluate (forced or not)."""
 
@@ -113,6 +126,7 @@ class Updater:
         connected: Callable[[], bool],
         gate: UpdateGate | None = None,
         clock: Callable[[], float] = time.time,
+        board_firmware: BoardSync | None = None,
     ) -> None:
         self._config = config
         self.parts = parts
@@ -124,13 +138,15 @@ class Updater:
         self._connected = connected
         self.gate = gate or UpdateGate(config)
         self._clock = clock
+        self._board_firmware = board_firmware
+        self.board_error: str | None = None
         self._path = data_dir / STATE_FILE
         stored = read_json(self._path)
         self.state = OtaState.from_dict(stored.get("state") or {})
         self._budget: dict[str, Any] = stored.get("budget") or {}
         self.desired: Target | None = None
         self._manifest: tuple[ReleaseManifest, bytes] | None = None
-        self._events: queue.Queue[Event | CheckNow | None] = queue.Queue()
+        self._events: queue.Queue[Event | CheckNow | SyncBoard | None] = queue.Queue()
         self.last_check: dict[str, Any] | None = None
         self._cancel = threading.Event()
         self._lock = threading.Lock()
@@ -141,9 +157,12 @@ class Updater:
 
     def start(self) -> None:
         pending = boot.read_boot(self.root)
+        on_trial = (pending.get("pending") or {}).get("slot") == self.running_slot
         self._events.put(
             Booted(self.running_slot, self.running_version, pending.get("pending"), pending.get("last"))
         )
+        if self._board_firmware is not None and self.running_slot and not on_trial:
+            self._events.put(SyncBoard())  # after a rollback: the old slot's firmware goes back
         self._thread.start()
 
     def stop(self) -> None:
@@ -181,6 +200,7 @@ class Updater:
             "pending": boot_state.get("pending"),
             "last_boot_outcome": boot_state.get("last"),
             "last_check": self.last_check,
+            "board_firmware_error": self.board_error,
         }
 
     def telemetry(self) -> dict[str, Any]:
@@ -209,6 +229,9 @@ class Updater:
                 item = self._events.get(timeout=TICK_S)
             except queue.Empty:
                 item = self._evaluate_event(False) if self.state.phase == "idle" else None
+            if isinstance(item, SyncBoard):
+                self._sync_board()
+                continue
             event = self._check_now(item.force) if isinstance(item, CheckNow) else item
             if event is None:
                 continue
@@ -372,13 +395,17 @@ class Updater:
             "target": target.target,
             "tries": 0,
             "max_tries": config.max_tries,
-            "deadline_s": config.health_timeout_s,
+            "deadline_s": config.health_timeout_s + self._board_time(slot),
             "failed": None,
         }
         state = boot.read_boot(self.root)
         boot.write_boot(self.root, {**state, "pending": pending})
         log.warning("restarting into %s (slot %s) on trial", target.version, slot)
         self._request_exit(boot.RESTART_EXIT)
+
+    def _board_time(self, slot: str) -> float:
+        board = self._board_firmware
+        return 0.0 if board is None else board.trial_time_s(self.root / "slots" / slot)
 
     def _trial(self) -> Event | None:
         slot_dir = self.root / "slots" / (self.running_slot or "")
@@ -390,9 +417,21 @@ class Updater:
         reason = health_gate(
             manifest, slot_dir, self._connected, self._config().health_timeout_s, self.parts.stop
         )
+        if reason is None and self._board_firmware is not None and not self.parts.stop.is_set():
+            reason = self._board_firmware.ensure(slot_dir, self.parts.stop)  # after our own gate
         if self.parts.stop.is_set():
             return None  # stopping: neither verdict; the next start runs the gate again
         return Healthy() if reason is None else Unhealthy(reason)
+
+    def _sync_board(self) -> None:
+        """The running slot's I/O board firmware onto the board (a failure is reported, not fatal:
+        the agent runs, and the next start tries again)."""
+        if self._board_firmware is None or self.running_slot is None:
+            return
+        slot_dir = self.root / "slots" / self.running_slot
+        self.board_error = self._board_firmware.ensure(slot_dir, self.parts.stop)
+        if self.board_error is not None and not self.parts.stop.is_set():
+            log.error("I/O board firmware of the running release: %s", self.board_error)
 
     def _commit(self) -> list[Event]:
         self.scripts.run("commit", "enter", self._script_env())

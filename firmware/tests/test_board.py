@@ -65,6 +65,9 @@ class FakeHal:
     def feed_wdt(self):
         pass
 
+    def maintenance(self, ms):
+        self.maintenance_ms = ms
+
     def load_state(self):
         return dict(self.state)
 
@@ -111,8 +114,28 @@ class BoardTests(TestCase):
         hello = self.ask("hello")
         self.assertEqual((hello["fw"], hello["proto"], hello["boot"]), ("1.0.0", 1, 1))
         self.assertIsNone(hello["host_reset"])
+        self.assertEqual(self.ask("hb")["boot"], 1)  # every heartbeat tells the host which boot
         again = Board(self.hal, 0)  # a reboot of the board: the count is in flash
         self.assertEqual(again.state["boot"], 2)
+
+    def test_ctrl_c_for_the_repl_keeps_the_host_powered_and_the_watchdog_fed(self):
+        from cabinet.board import MAINTENANCE_MS, run
+
+        hal = self.hal
+        hal.relay = []
+        calls = [0]
+
+        def stopped():
+            calls[0] += 1
+            if calls[0] > 3:
+                raise KeyboardInterrupt  # what mpremote's Ctrl-C does to the loop
+            return False
+
+        hal.stopped = stopped
+        hal.idle = lambda ms: None
+        self.assertRaises(KeyboardInterrupt, run, hal)
+        self.assertEqual(hal.relay[-1], True)
+        self.assertEqual(hal.maintenance_ms, MAINTENANCE_MS)
 
     def test_tamper_is_debounced_latched_and_resent_until_acked(self):
         self.hal.sent = []

@@ -120,9 +120,23 @@ def build_bundle(
             inputs += _wheels("wheels", _dependency_wheels(work / "deps", platform, python_version))
         inputs += _model_inputs(models, models_dir)
         if firmware is not None:
+            _check_firmware(firmware)
             inputs += _tree_inputs("firmware", firmware)
         inputs += [_Input(_slot_path(slot), local, _mode(local)) for slot, local in sources]
         return _write_bundle(out, inputs, version, built, entry, health_check, notes, platform, report)
+
+
+def _check_firmware(build: Path) -> None:
+    """The agent flashes ``firmware/`` onto the I/O board only if it is a complete build."""
+    from hw.iobflash import FlashError, read_build
+
+    try:
+        manifest = read_build(build)
+    except FlashError as exc:
+        raise BuildError(f"--firmware: {exc}") from exc
+    missing = [rel for rel in manifest["files"] if not (build / rel).is_file()]
+    if missing:
+        raise BuildError(f"--firmware: {build} lacks {', '.join(missing[:3])}: build the firmware again")
 
 
 def build_project_wheel(

@@ -80,7 +80,7 @@ def build_cmd(
         list[str] | None, typer.Option("--models", help="Model registry name (repeatable).")
     ] = None,
     firmware: Annotated[
-        Path | None, typer.Option("--firmware", help="Folder of I/O-board firmware files.")
+        Path | None, typer.Option("--firmware", help="I/O board firmware build (cityedge firmware build).")
     ] = None,
     file: Annotated[
         list[str] | None, typer.Option("--file", help="SLOTPATH=LOCALPATH: one more file (repeatable).")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tarfile
 import zipfile
 from collections.abc import Callable
@@ -64,8 +65,16 @@ def test_round_trip_content_addressed(tmp_path: Path) -> None:
 
 def test_project_wheel_firmware_and_models(tmp_path: Path) -> None:
     firmware = tmp_path / "fw"
-    (firmware / "io").mkdir(parents=True)
-    (firmware / "io" / "board.uf2").write_bytes(b"\x00firmware")
+    (firmware / "lib" / "cabinet").mkdir(parents=True)
+    (firmware / "lib" / "cabinet" / "board.mpy").write_bytes(b"M\x06firmware")
+    with pytest.raises(BuildError, match=r"not a firmware build .*cityedge firmware build"):
+        build_bundle("2.0.0", tmp_path / "b.tar", project_wheel=False, firmware=firmware)
+    digest = hashlib.sha256(b"M\x06firmware").hexdigest()
+    files = {"lib/cabinet/board.mpy": digest, "main.py": digest}
+    (firmware / "manifest.json").write_text(json.dumps({"version": "1.1.0", "files": files}))
+    with pytest.raises(BuildError, match=r"lacks main\.py"):
+        build_bundle("2.0.0", tmp_path / "b.tar", project_wheel=False, firmware=firmware)
+    (firmware / "main.py").write_bytes(b"M\x06firmware")
     checkout_clock = Path(clock.__file__).read_text()
     registry = Registry.load()
     try:
@@ -82,7 +91,7 @@ def test_project_wheel_firmware_and_models(tmp_path: Path) -> None:
         platform="linux_aarch64",
     )
     paths = {f.path for f in manifest.files}
-    assert "firmware/io/board.uf2" in paths
+    assert {"firmware/lib/cabinet/board.mpy", "firmware/main.py", "firmware/manifest.json"} <= paths
     wheels = [p for p in paths if p.startswith("wheels/cityedge-") and p.endswith(".whl")]
     assert len(wheels) == 1
     # The wheel's clock floor is the build time; the checkout keeps its own.
@@ -109,7 +118,7 @@ def test_project_wheel_firmware_and_models(tmp_path: Path) -> None:
         (lambda f: {"sources": [("../x", f)]}, "stay inside the slot"),
         (lambda f: {"sources": [("a/x", f), ("a/x", f)]}, "two files go to a/x"),
         (lambda f: {"models": ["no_such_model"]}, "no model named"),
-        (lambda f: {"firmware": Path("/nonexistent/fw")}, "not a directory"),
+        (lambda f: {"firmware": Path("/nonexistent/fw")}, "not a firmware build"),
     ],
 )
 def test_build_refusals(tmp_path: Path, options: Callable[[Path], dict[str, Any]], message: str) -> None:

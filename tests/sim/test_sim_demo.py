@@ -74,6 +74,14 @@ def _committed(base: str, token: str, device: str, version: str) -> bool:
     return bool(info.get("version") == version and ("ota.committed", version) in kinds)
 
 
+def _board_firmware(base: str, token: str, device: str) -> str:
+    try:
+        reported = _get(f"{base}api/devices/{device}", token).get("shadow_reported") or {}
+    except OSError:
+        return ""
+    return str(((reported.get("peripherals") or {}).get("iobus") or {}).get("firmware") or "")
+
+
 def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port = free_port()
     # A short path to the data dir, as `make demo` has (var/demo), so the printed lines are short.
@@ -104,6 +112,10 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
         # the demo's update: the launcher-run device moves to the second release and says so
         wait_until(
             lambda: _committed(base, token, "gw-demo-0001", "0.1.1"), 120, "gw-demo-0001 committed 0.1.1"
+        )
+        # ... with its I/O board flashed to the firmware 0.1.1 carries (after the health gate)
+        wait_until(
+            lambda: _board_firmware(base, token, "gw-demo-0001").endswith("+demo"), 60, "new board firmware"
         )
         _technician_path(out.text, base, token, tmp_path / "demo")
         family = psutil.Process(proc.pid).children(recursive=True)

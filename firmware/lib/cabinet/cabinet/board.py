@@ -160,7 +160,7 @@ class Board:
         if self.wd.dirty:
             self.wd.dirty = False
             self.hal.save_state(self.state)
-        return {"ok": True, "t": now}
+        return {"ok": True, "t": now, "boot": self.state.get("boot", 0)}
 
     def op_status(self, _req):
         return {
@@ -239,10 +239,22 @@ _OPS = {
 }
 
 
+MAINTENANCE_MS = 600000
+
+
 def run(hal):
-    """The main loop: one pass, then wait for the UART up to 10 ms."""
+    """The main loop: one pass, then wait for the UART up to 10 ms.
+
+    mpremote (flashing, ``firmware status``) stops the loop with Ctrl-C to reach the REPL: the host
+    stays powered and the hardware watchdog is fed for MAINTENANCE_MS, after which it restarts the
+    board into its firmware (a flash that never finished cannot leave the board in the REPL)."""
     board = Board(hal, hal.now())
-    while not hal.stopped():
-        board.step(hal.now())
-        hal.idle(10)
+    try:
+        while not hal.stopped():
+            board.step(hal.now())
+            hal.idle(10)
+    except KeyboardInterrupt:
+        hal.set_relay(True)
+        hal.maintenance(MAINTENANCE_MS)
+        raise
     return board

@@ -18,6 +18,7 @@ import json
 import time
 
 import machine
+
 from cabinet.sht3x import SHT3x
 
 DIVIDER = (100.0 + 22.0) / 22.0
@@ -91,6 +92,19 @@ class MachineHal:
 
     def feed_wdt(self):
         self.wdt.feed()
+
+    def maintenance(self, ms):
+        """The main loop stopped for the REPL: feed the watchdog from a timer for ``ms``, then stop
+        feeding it, so the board restarts into its firmware."""
+        until = time.ticks_add(time.ticks_ms(), ms)
+
+        def feed(timer):
+            if time.ticks_diff(until, time.ticks_ms()) > 0:
+                self.wdt.feed()
+            else:
+                timer.deinit()
+
+        self._maintenance = machine.Timer(period=1000, mode=machine.Timer.PERIODIC, callback=feed)
 
     def load_state(self):
         try:

@@ -154,6 +154,9 @@ class UnixHal:
     def feed_wdt(self):
         pass
 
+    def maintenance(self, ms):
+        pass  # no hardware watchdog on the unix port
+
     # flash
     def load_state(self):
         try:
