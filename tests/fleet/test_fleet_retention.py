@@ -1,5 +1,5 @@
-"""Retention of events and telemetry rollups on SQLite and PostgreSQL (day partitions there), the
-upgrade of plain tables to partitioned ones, and the job leases several workers share."""
+"""Retention of events and telemetry rollups on SQLite and PostgreSQL (day partitions there), and
+the upgrade of plain tables to partitioned ones."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from sqlalchemy import func, select, text
 
 from fleet.db import events, metadata, telemetry_1m
 from fleet.inbound import Inbound, classify
-from fleet.leases import Leases
 from fleet.partitions import ensure_partitions, partition_name, partitions, relkind
 from fleet.retention import Retention, housekeep
 from fleet.store import Store
@@ -165,38 +164,3 @@ def test_workers_starting_together_create_the_schema_one_after_the_other(pg_clus
     for store in stores:
         store.dispose()
     assert errors == []
-
-
-def test_a_lease_has_one_holder_until_it_expires_or_is_given_back(store: Store) -> None:
-    now = utc_now()
-    a, b = Leases(store.writer, "fleet-a"), Leases(store.writer, "fleet-b")
-    assert a.acquire("alerts", 30, now=now)
-    assert not b.acquire("alerts", 30, now=now)
-    assert a.acquire("alerts", 30, now=now + timedelta(seconds=10))  # renewed
-    assert not b.acquire("alerts", 30, now=now + timedelta(seconds=35))
-    assert b.acquire("alerts", 30, now=now + timedelta(seconds=41))  # a stopped renewing
-    assert not a.acquire("alerts", 30, now=now + timedelta(seconds=42))
-    assert b.holders()["alerts"][0] == "fleet-b"
-    assert b.release_all(now=now + timedelta(seconds=43)) == 1
-    assert a.acquire("alerts", 30, now=now + timedelta(seconds=44))
-
-
-def test_racing_workers_never_both_hold_a_lease(store: Store) -> None:
-    holders = [Leases(store.writer, f"fleet-{n}") for n in range(4)]
-    won: list[str] = []
-    lock = threading.Lock()
-    start = threading.Barrier(len(holders))
-
-    def race(lease: Leases) -> None:
-        start.wait()
-        for _ in range(10):
-            if lease.acquire("rollouts", 60):
-                with lock:
-                    won.append(lease.holder)
-
-    threads = [threading.Thread(target=race, args=(h,)) for h in holders]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert len(set(won)) == 1 and len(won) == 10
