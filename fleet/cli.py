@@ -436,6 +436,9 @@ def register(app: typer.Typer) -> None:
     register_keys(fleet)
     register_pki(fleet)
     register_claims(fleet)
+    from fleet.emqx_cli import register_emqx
+
+    register_emqx(fleet)  # emqx-config: the same access contract for an EMQX cluster
     app.add_typer(fleet, name="fleet")
     from fleet.rollouts.cli import register_rollout
 
