@@ -151,7 +151,16 @@ class Worker:
         return self
 
     def healthy(self) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
+        assert self.proc is not None
+        if self.proc.poll() is not None and "address already in use" in self.log.read_text():
+            # Another process on this machine took the free port first: take another one.
+            self.port = free_port()
+            self.api = f"http://127.0.0.1:{self.port}"
+            self.env["CITYEDGE_FLEET_HTTP"] = f"127.0.0.1:{self.port}"
+            self.log.write_text("")
+            self.start()
+            return False
+        assert self.proc.poll() is None, self.log.read_text()
         try:
             return httpx.get(f"{self.api}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
