@@ -200,3 +200,35 @@ def test_no_device_joins_the_workers_shared_group(rules: list[Rule]) -> None:
 def test_a_revoked_identity_gets_nothing(rules: list[Rule]) -> None:
     assert not allowed(rules, REVOKED, "publish", T.telemetry(REVOKED))
     assert not allowed(rules, REVOKED, "subscribe", T.commands_req(REVOKED))
+
+
+def test_emqx_config_writes_the_acl_and_certificates_from_the_pki(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fleet.pki import CityPKI
+    from hw.keystore import FileKeyStore
+
+    pki = CityPKI.init(tmp_path / "pki")
+    pki.issue_service_identity(FLEET_ID)
+    store = FileKeyStore.create(tmp_path / "dev" / "key.pem", algorithm="p256")
+    pki.sign_device_csr(store.csr(REVOKED), REVOKED)
+    pki.revoke(REVOKED, "stolen")
+    app = typer.Typer()
+    register(app)
+    out = tmp_path / "emqx"
+    args = ["fleet", "emqx-config", "--pki", str(tmp_path / "pki"), "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--hostname", "emqx1.cityedge.internal"])
+    assert result.exit_code == 0, result.output
+    assert "1 revoked" in result.output
+    text = (out / "acl.conf").read_text()
+    assert text == emqx_acl_text(services=[FLEET_ID], revoked=[REVOKED])
+    assert not allowed(parse_rules(text), REVOKED, "publish", T.telemetry(REVOKED))
+    assert {p.name for p in (out / "certs").iterdir()} == {
+        "server.crt",
+        "server.key",
+        "ca.pem",
+        "fleet-ca.pem",
+    }
+    nowhere = ["fleet", "emqx-config", "--pki", str(tmp_path / "nope"), "--out", str(out), "--hostname", "x"]
+    missing = CliRunner().invoke(app, nowhere)
+    assert missing.exit_code == 2 and "error:" in missing.output
