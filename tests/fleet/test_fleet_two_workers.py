@@ -43,8 +43,8 @@ from protocol.topics import Topics
 
 CLI = str(Path(sys.executable).with_name("cityedge"))
 T = Topics()
-DEVICES = 200
-EVENTS_PER_DEVICE = 10
+DEVICES = int(os.environ.get("CITYEDGE_TWO_WORKERS_DEVICES", "200"))  # larger for a one-off run
+EVENTS_PER_DEVICE = int(os.environ.get("CITYEDGE_TWO_WORKERS_EVENTS", "10"))
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(600)]
 
 
