@@ -8,7 +8,8 @@ Two sources:
   outbox backlog (``outbox_depth``), on battery (telemetry ``on_battery``), camera detection quality
   low (telemetry ``detection_quality``, 0–1), open sequence gaps older than ``gap_age_s``. An alert
   opens when its condition holds and resolves by itself when it no longer does.
-- **events** from the cabinet I/O board, read incrementally by arrival time: ``cabinet.tamper`` and
+- **events** from the cabinet I/O board, read incrementally by arrival time (with an overlap,
+  ``EVENT_OVERLAP``, for batches of other workers that commit late): ``cabinet.tamper`` and
   ``cabinet.overheat`` latch until a person acknowledges them; ``power.on_battery`` holds until
   ``power.restored``.
 
@@ -47,6 +48,10 @@ KINDS = (
     "detection_quality",
 )
 EVENT_KINDS = ("cabinet.tamper", "cabinet.overheat", "power.on_battery", "power.restored")
+EVENT_OVERLAP = timedelta(seconds=120)
+"""Each scan re-reads this much before the newest event it saw: with several workers, a batch
+may commit after a later-received event of another worker was scanned. Re-reading is idempotent
+(one alert per event id; a restore resolves only alerts opened before it)."""
 
 
 @dataclass(frozen=True)
@@ -281,7 +286,7 @@ class AlertEngine:
     def _scan_events(self, conn: Connection, now: datetime) -> tuple[int, int]:
         query = (
             select(events.c.id, events.c.device, events.c.kind, events.c.received_at, events.c.data)
-            .where(events.c.received_at > self._events_after, events.c.kind.in_(EVENT_KINDS))
+            .where(events.c.received_at > self._events_after - EVENT_OVERLAP, events.c.kind.in_(EVENT_KINDS))
             .order_by(events.c.received_at, events.c.id)
         )
         opened = resolved = 0
@@ -290,7 +295,10 @@ class AlertEngine:
             if row["kind"] == "power.restored":
                 result = conn.execute(
                     alerts.update()
-                    .where(alerts.c.open_key == f"{row['device']}/on_battery")
+                    .where(
+                        alerts.c.open_key == f"{row['device']}/on_battery",
+                        alerts.c.started_at <= row["received_at"],  # not one a later event opened
+                    )
                     .values(resolved_at=row["received_at"], updated_at=now, open_key=None)
                 )
                 resolved += int(result.rowcount or 0)

@@ -61,22 +61,48 @@ def _writer_mode(value: str) -> bool:
 
 
 def serve_cmd(
-    broker: Annotated[str, typer.Option(help="Broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT.")] = (
-        "mqtt://127.0.0.1:1883"
-    ),
-    db: Annotated[str, typer.Option(help="SQLAlchemy database URL.")] = "sqlite:///var/fleet.db",
-    http: Annotated[str, typer.Option(help="HOST:PORT for the REST API and dashboard.")] = "127.0.0.1:8080",
+    broker: Annotated[
+        str,
+        typer.Option(
+            envvar="CITYEDGE_FLEET_BROKER", help="Broker URL: mqtt://HOST:PORT or mqtts://HOST:PORT."
+        ),
+    ] = ("mqtt://127.0.0.1:1883"),
+    db: Annotated[
+        str, typer.Option(envvar="CITYEDGE_FLEET_DB", help="SQLAlchemy database URL.")
+    ] = "sqlite:///var/fleet.db",
+    http: Annotated[
+        str, typer.Option(envvar="CITYEDGE_FLEET_HTTP", help="HOST:PORT for the REST API and dashboard.")
+    ] = "127.0.0.1:8080",
     share: Annotated[
-        bool, typer.Option("--share/--no-share", help="Split the stream with other workers ($share/...).")
+        bool,
+        typer.Option(
+            "--share/--no-share",
+            envvar="CITYEDGE_FLEET_SHARE",
+            help="Split the stream with other workers ($share/...).",
+        ),
     ] = False,
-    group: Annotated[str, typer.Option(help="Shared-subscription group (with --share).")] = "fleet",
+    group: Annotated[
+        str, typer.Option(envvar="CITYEDGE_FLEET_GROUP", help="Shared-subscription group (with --share).")
+    ] = "fleet",
     worker_id: Annotated[
-        str | None, typer.Option(help="Stable MQTT client id of this worker (default fleet-HOSTNAME).")
+        str | None,
+        typer.Option(
+            envvar="CITYEDGE_FLEET_WORKER_ID",
+            help="Stable MQTT client id of this worker (default fleet-HOSTNAME).",
+        ),
     ] = None,
-    topic_prefix: Annotated[str, typer.Option(help="Topic prefix of the contract.")] = "city/v1",
-    ca: Annotated[Path | None, typer.Option(help="CA certificate of the broker (mqtts).")] = None,
-    cert: Annotated[Path | None, typer.Option(help="Fleet certificate (mTLS).")] = None,
-    key: Annotated[Path | None, typer.Option(help="Fleet private key (mTLS).")] = None,
+    topic_prefix: Annotated[
+        str, typer.Option(envvar="CITYEDGE_FLEET_TOPIC_PREFIX", help="Topic prefix of the contract.")
+    ] = "city/v1",
+    ca: Annotated[
+        Path | None, typer.Option(envvar="CITYEDGE_FLEET_CA", help="CA certificate of the broker (mqtts).")
+    ] = None,
+    cert: Annotated[
+        Path | None, typer.Option(envvar="CITYEDGE_FLEET_CERT", help="Fleet certificate (mTLS).")
+    ] = None,
+    key: Annotated[
+        Path | None, typer.Option(envvar="CITYEDGE_FLEET_KEY", help="Fleet private key (mTLS).")
+    ] = None,
     max_payload: Annotated[int, typer.Option(help="Largest accepted payload in bytes.")] = 256 * 1024,
     rpc: Annotated[
         list[str] | None, typer.Option(help="Extra RPC service NAME=module:factory (repeatable).")
@@ -84,17 +110,26 @@ def serve_cmd(
     signer: Annotated[
         str | None,
         typer.Option(
-            help="Command signer factory module:callable(data_dir), e.g. fleet.signer:load_fleet_signer."
+            envvar="CITYEDGE_FLEET_SIGNER",
+            help="Command signer factory module:callable(data_dir), e.g. fleet.signer:load_fleet_signer.",
         ),
     ] = None,
-    data_dir: Annotated[Path, typer.Option(help="Fleet data directory (signing keys).")] = Path("var/fleet"),
+    data_dir: Annotated[
+        Path, typer.Option(envvar="CITYEDGE_FLEET_DATA_DIR", help="Fleet data directory (signing keys).")
+    ] = Path("var/fleet"),
     router: Annotated[
         list[str] | None, typer.Option(help="Extra API router factory module:callable(service).")
     ] = None,
     writer: Annotated[
-        str, typer.Option(help="process: decode and commit in a writer process (faster); thread: in-process.")
+        str,
+        typer.Option(
+            envvar="CITYEDGE_FLEET_WRITER",
+            help="process: decode and commit in a writer process (faster); thread: in-process.",
+        ),
     ] = "process",
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(envvar="CITYEDGE_FLEET_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
     releases: Annotated[
         Path | None,
         typer.Option(
@@ -105,6 +140,7 @@ def serve_cmd(
         Path | None,
         typer.Option(
             "--oidc-config",
+            envvar="CITYEDGE_FLEET_OIDC_CONFIG",
             help="TOML file naming the identity provider people sign in with (docs/security-access.md).",
         ),
     ] = None,
@@ -112,6 +148,7 @@ def serve_cmd(
         Path | None,
         typer.Option(
             "--pki",
+            envvar="CITYEDGE_FLEET_PKI",
             help="City PKI directory: evidence is checked against its device keys, revoked devices are "
             "shown as revoked, and its CRL is re-signed before it goes stale.",
         ),
@@ -119,7 +156,9 @@ def serve_cmd(
     pki_db: Annotated[
         str | None,
         typer.Option(
-            "--pki-db", help="Database URL of the PKI inventory when the PKI directory is elsewhere."
+            "--pki-db",
+            envvar="CITYEDGE_FLEET_PKI_DB",
+            help="Database URL of the PKI inventory when the PKI directory is elsewhere.",
         ),
     ] = None,
     broker_dir: Annotated[
@@ -135,17 +174,40 @@ def serve_cmd(
         ),
     ] = None,
     tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="HTTPS certificate of the API and dashboard (PEM).")
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            envvar="CITYEDGE_FLEET_TLS_CERT",
+            help="HTTPS certificate of the API and dashboard (PEM).",
+        ),
     ] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="Its private key (PEM).")] = None,
+    tls_key: Annotated[
+        Path | None, typer.Option("--tls-key", envvar="CITYEDGE_FLEET_TLS_KEY", help="Its private key (PEM).")
+    ] = None,
     insecure: Annotated[
         bool,
         typer.Option(
-            "--insecure", help="Allow plain HTTP on a non-loopback address (behind a TLS proxy only)."
+            "--insecure",
+            envvar="CITYEDGE_FLEET_INSECURE",
+            help="Allow plain HTTP on a non-loopback address (behind a TLS proxy only).",
         ),
     ] = False,
+    event_retention_days: Annotated[
+        int,
+        typer.Option(envvar="CITYEDGE_FLEET_EVENT_RETENTION_DAYS", help="Days events are kept (0: forever)."),
+    ] = 90,
+    telemetry_retention_days: Annotated[
+        int,
+        typer.Option(
+            envvar="CITYEDGE_FLEET_TELEMETRY_RETENTION_DAYS",
+            help="Days the 1-minute telemetry history is kept.",
+        ),
+    ] = 7,
 ) -> None:
-    """Run a fleet worker: ingest from the broker, store, serve the API and dashboard."""
+    """Run a fleet worker: ingest from the broker, store, serve the API and dashboard.
+
+    Every option can also be set by its environment variable (CITYEDGE_FLEET_BROKER, _DB, _HTTP,
+    _SHARE, ...: see --help), as a container sets them."""
     from pydantic import ValidationError
 
     from fleet.auth.oidc import OidcConfigError, load_oidc_config
@@ -179,6 +241,8 @@ def serve_cmd(
             "pki_db_url": pki_db,
             "broker_dir": broker_dir,
             "broker_reload": broker_reload,
+            "event_retention_days": event_retention_days,
+            "telemetry_retention_days": telemetry_retention_days,
         }
         if worker_id is not None:
             settings["worker_id"] = worker_id
@@ -372,6 +436,9 @@ def register(app: typer.Typer) -> None:
     register_keys(fleet)
     register_pki(fleet)
     register_claims(fleet)
+    from fleet.emqx_cli import register_emqx
+
+    register_emqx(fleet)  # emqx-config: the same access contract for an EMQX cluster
     app.add_typer(fleet, name="fleet")
     from fleet.rollouts.cli import register_rollout
 

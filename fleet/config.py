@@ -126,6 +126,20 @@ class FleetConfig(BaseModel):
     alert_interval_s: float = Field(
         default=30.0, gt=0, description="How often this worker evaluates the alert rules (fleet/alerts.py)."
     )
+    event_retention_days: int = Field(
+        default=90,
+        ge=0,
+        description="Days events are kept (PostgreSQL: whole day partitions are dropped, so up to one "
+        "day more); 0 keeps them forever.",
+    )
+    telemetry_retention_days: int = Field(
+        default=7, ge=1, description="Days the 1-minute telemetry rollups (device history charts) are kept."
+    )
+    housekeeping_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often one worker creates partitions ahead and removes data past its retention.",
+    )
     command_max_ttl_s: float = Field(
         default=86_400.0, gt=0, description="Longest lifetime a command may ask for."
     )

@@ -277,6 +277,18 @@ telemetry_1m = Table(
 """Telemetry of each device per minute: message count and sums (fleet/telemetryhist.py)."""
 
 
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(128), nullable=False),
+    Column("acquired_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+)
+"""Periodic jobs of the fleet (alerts, rollouts, retention, ...) and the worker that runs each for
+now (fleet/leases.py): with several workers on one database, one runs each job at a time."""
+
+
 def _prepare_sqlite(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -311,9 +323,27 @@ def make_engine(url: str, *, immediate: bool = False) -> Engine:
     return engine
 
 
+SCHEMA_LOCK = 0x6369_7479_6564_6765  # 'cityedge'
+"""PostgreSQL advisory lock key held while the schema is created or upgraded."""
+
+
 def create_schema(engine: Engine) -> None:
-    metadata.create_all(engine)
-    upgrade_schema(engine)
+    """Create missing tables and bring older ones up to date.
+
+    On PostgreSQL all of it runs in one transaction under an advisory lock, so workers that
+    start together do it one after the other (DDL is transactional there), and ``events`` and
+    ``telemetry_1m`` are partitioned by day (``fleet.partitions``)."""
+    if engine.dialect.name != "postgresql":
+        metadata.create_all(engine)
+        upgrade_schema(engine)
+        return
+    from fleet.partitions import prepare
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+        prepare(conn, datetime.now(timezone.utc).date())
+        metadata.create_all(conn)
+        _upgrade(conn, engine.dialect)
 
 
 _ADDED_COLUMNS = {"devices": ("site",)}
@@ -322,20 +352,24 @@ _ADDED_COLUMNS = {"devices": ("site",)}
 def upgrade_schema(engine: Engine) -> None:
     """Bring a database made by an older release up to date: add new nullable columns, then create
     every index that is missing (``create_all`` creates indexes only with new tables)."""
+    with engine.begin() as conn:
+        _upgrade(conn, engine.dialect)
+
+
+def _upgrade(conn: Connection, dialect: Dialect) -> None:
     from sqlalchemy import inspect
 
-    with engine.begin() as conn:
-        inspector = inspect(conn)
-        for table_name, names in _ADDED_COLUMNS.items():
-            present = {c["name"] for c in inspector.get_columns(table_name)}
-            for name in names:
-                if name not in present:
-                    column = metadata.tables[table_name].c[name]
-                    kind = column.type.compile(dialect=engine.dialect)
-                    conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
-        for table in metadata.sorted_tables:
-            for index in table.indexes:
-                index.create(conn, checkfirst=True)
+    inspector = inspect(conn)
+    for table_name, names in _ADDED_COLUMNS.items():
+        present = {c["name"] for c in inspector.get_columns(table_name)}
+        for name in names:
+            if name not in present:
+                column = metadata.tables[table_name].c[name]
+                kind = column.type.compile(dialect=dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}")
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
 
 
 def site_of(device_id: str) -> str | None:

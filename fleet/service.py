@@ -1,9 +1,17 @@
 """One fleet worker wired together: store, batch writer, MQTT link, RPC gateway, commands.
 
 This is the supervisor boundary: ``start`` brings the parts up in order, a maintenance thread
-expires commands, re-signs desired states, copies device revocations from the PKI inventory into
-the registry, re-signs the CRL before it goes stale (``fleet.crlkeeper``) and logs the ingest
-rate; ``stop`` drains and commits before disconnecting.
+expires commands, re-signs desired states, advances rollouts, copies device revocations from the
+PKI inventory into the registry, re-signs the CRL before it goes stale (``fleet.crlkeeper``) and
+logs the ingest rate; an alert thread evaluates the alert rules and, every ``housekeeping_s``,
+creates partitions ahead and removes data past its retention (``fleet.retention``); ``stop``
+drains and commits before disconnecting.
+
+Several workers may share one database (``--share``). Each periodic job then runs on one worker
+at a time, the holder of its lease (``fleet.leases``): ``maintenance`` (command expiry, rollouts),
+``alerts``, ``retention`` and ``crl``; another worker takes a job over when its holder stops or
+dies. Re-signing desired states needs no lease (each change locks the device row and checks it is
+still due) and every worker republishes what its own broker link failed to publish.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from fleet.desired import DesiredService
 from fleet.devicekeys import build_intake, open_inventory
 from fleet.inbound import Received
 from fleet.ingest import MqttLink, sync_retained
+from fleet.leases import Leases
 from fleet.procwriter import ProcessWriter
 from fleet.rpc import RpcDispatcher, RpcRegistry, default_registry
 from fleet.stats import IngestStats
@@ -57,6 +66,7 @@ class FleetService:
         self.stats = IngestStats()
         self.store = store or Store(config.db_url)
         self.store.silent_after_s = config.silent_after_s
+        self.leases = Leases(self.store.writer, config.worker_id)
         self.signer: CommandSigner = signer or UnsignedSigner()
         self.rpc_registry = rpc_registry or default_registry()
         self.inventory = open_inventory(config.pki_dir, config.pki_db_url)
@@ -176,20 +186,40 @@ class FleetService:
                 expiry[cert.subject] = max(cert.not_after, expiry.get(cert.subject, cert.not_after))
         return expiry
 
+    def _leased(self, job: str, ttl_s: float) -> bool:
+        """Whether this worker holds (now renewed) the lease of ``job`` (False if the database fails)."""
+        try:
+            return self.leases.acquire(job, ttl_s)
+        except Exception as exc:  # supervisor boundary: the job waits for the next round
+            log.warning("could not take the %s lease: %s", job, exc)
+            return False
+
     def _evaluate_alerts(self) -> None:
         from fleet.alerts import AlertEngine
-        from fleet.telemetryhist import RETENTION, prune
+        from fleet.retention import Retention, housekeep
 
-        engine = AlertEngine(self.store, certificates=self.certificate_expiry)
-        last_prune = float("-inf")
-        while not self._stop.wait(self.config.alert_interval_s):
-            try:
-                engine.evaluate()
-                if time.monotonic() - last_prune >= 3600:
-                    last_prune = time.monotonic()
-                    prune(self.store.writer, utc_now() - RETENTION)
-            except Exception as exc:  # supervisor boundary: retried at the next interval
-                log.warning("could not evaluate alerts: %s", exc)
+        retention = Retention(self.config.event_retention_days, self.config.telemetry_retention_days)
+        interval = self.config.alert_interval_s
+        engine: AlertEngine | None = None
+        last_housekeeping = float("-inf")
+        while not self._stop.wait(interval):
+            if not self._leased("alerts", max(3 * interval, 15.0)):
+                engine = None  # a fresh engine (event cursor) if this worker takes the job over
+            else:
+                try:
+                    engine = engine or AlertEngine(self.store, certificates=self.certificate_expiry)
+                    engine.evaluate()
+                except Exception as exc:  # supervisor boundary: retried at the next interval
+                    log.warning("could not evaluate alerts: %s", exc)
+            due = time.monotonic() - last_housekeeping >= self.config.housekeeping_s
+            if due and self._leased("retention", 900.0):
+                last_housekeeping = time.monotonic()
+                try:
+                    for pruned in housekeep(self.store.writer, retention):
+                        if pruned.rows_deleted or pruned.partitions_dropped:
+                            log.info("retention: %s", pruned)
+                except Exception as exc:  # supervisor boundary: retried at the next round
+                    log.warning("could not apply the retention: %s", exc)
 
     def _rollouts(self) -> None:
         """Advance every running staged rollout by one tick (fleet/rollouts)."""
@@ -208,24 +238,19 @@ class FleetService:
                 self.sync_revocations()
             except Exception as exc:  # supervisor boundary: retried next second
                 log.warning("could not read revocations from the PKI inventory: %s", exc)
-            if self.crl_keeper is not None and time.monotonic() - last_crl >= self.config.crl_check_s:
+            crl_due = time.monotonic() - last_crl >= self.config.crl_check_s
+            if self.crl_keeper is not None and crl_due and self._leased("crl", 2 * self.config.crl_check_s):
                 last_crl = time.monotonic()
                 try:
                     self.crl_keeper.tick()
                 except Exception as exc:  # supervisor boundary: retried at the next check
                     log.error("could not re-sign the CRL (devices are locked out once it is stale): %s", exc)
             try:
-                self.commands.expire(self.config.command_grace_s)
-            except Exception as exc:  # supervisor boundary: retried next second
-                log.warning("could not expire commands: %s", exc)
-            try:
                 self.desired.tick()
             except Exception as exc:  # supervisor boundary: retried next second
                 log.warning("could not re-sign desired states: %s", exc)
-            try:
-                self._rollouts()
-            except Exception as exc:  # supervisor boundary: retried next second
-                log.warning("could not advance rollouts: %s", exc)
+            if self._leased("maintenance", 15.0):
+                self._maintenance_round()
             if time.monotonic() - last_log >= 10.0:
                 total = self.stats.committed
                 if total != last_total:
@@ -236,6 +261,17 @@ class FleetService:
                         self.stats.queue_depth(),
                     )
                 last_log, last_total = time.monotonic(), total
+
+    def _maintenance_round(self) -> None:
+        """The jobs of the ``maintenance`` lease: command expiry and rollouts."""
+        try:
+            self.commands.expire(self.config.command_grace_s)
+        except Exception as exc:  # supervisor boundary: retried next second
+            log.warning("could not expire commands: %s", exc)
+        try:
+            self._rollouts()
+        except Exception as exc:  # supervisor boundary: retried next second
+            log.warning("could not advance rollouts: %s", exc)
 
     def stop(self) -> None:
         """Stop taking messages, commit and acknowledge what was taken, then disconnect."""
@@ -259,12 +295,17 @@ class FleetService:
         sock = self.link.client.socket()
         if sock is not None:
             sock.close()
-        self._finish()
+        self._finish(release=False)
 
-    def _finish(self) -> None:
+    def _finish(self, *, release: bool = True) -> None:
         self.rpc.stop()
         for thread in self._threads:
             thread.join(timeout=5.0)
+        if release:
+            try:
+                self.leases.release_all()  # another worker takes the jobs over at once
+            except Exception as exc:  # supervisor boundary: the leases then expire by themselves
+                log.warning("could not give the job leases back: %s", exc)
         self.store.dispose()
         if self.crl_keeper is not None:
             self.crl_keeper.close()

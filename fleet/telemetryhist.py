@@ -2,14 +2,14 @@
 
 Ingest adds each live telemetry message to its device's row of that minute (one upsert per device
 and minute per batch: sums and a count, so the mean is exact whatever the batching); the latest
-value stays in ``devices.telemetry`` as before. Rows older than the retention are pruned by the
-fleet's alert thread.
+value stays in ``devices.telemetry`` as before. Rows older than ``telemetry_retention_days`` are
+removed by the retention job (``fleet.retention``; day partitions on PostgreSQL).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Engine, case, select
@@ -80,12 +80,3 @@ def history(engine: Engine, device: str, since: datetime) -> list[dict[str, Any]
                 point[metric] = None if row[metric] is None else round(row[metric] / n, 2)
             out.append(point)
         return out
-
-
-def prune(engine: Engine, before: datetime) -> int:
-    with engine.begin() as conn:
-        result = conn.execute(telemetry_1m.delete().where(telemetry_1m.c.minute < before))
-        return int(result.rowcount or 0)
-
-
-RETENTION = timedelta(days=7)
