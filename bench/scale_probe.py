@@ -44,6 +44,10 @@ class Api:
         """Devices the fleet shows online (the overview, summed over sites)."""
         return sum(int(site.get("online", 0)) for site in self.get("/api/overview")["sites"])
 
+    def known(self, device: str) -> bool:
+        """The fleet has the device in its registry (404 otherwise)."""
+        return self.client.get(f"/api/devices/{device}").status_code == 200
+
     def stored_events(self) -> int:
         return int(self.get("/api/stats")["events"])
 
@@ -112,7 +116,8 @@ def freshness(api: Api, probe: StatusProbe, devices: list[str], batch: int, time
     """Restart ``devices`` ``batch`` at a time; time each new boot id to the API and to the probe."""
     out = Freshness()
     for start in range(0, len(devices), batch):
-        group = devices[start : start + batch]
+        group = [d for d in devices[start : start + batch] if api.known(d)]
+        out.missed += [d for d in devices[start : start + batch] if d not in group]
         old = {d: str(api.get(f"/api/devices/{d}").get("boot_id")) for d in group}
         for device in group:
             probe.restart(device)

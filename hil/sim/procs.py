@@ -11,7 +11,9 @@ SIGTERM, which makes it say goodbye (offline status) and disconnect like a singl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
+import os
 import signal
 import threading
 import time
@@ -51,6 +53,7 @@ def worker_main(settings: dict[str, Any], assigned: list[tuple[str, Role]], conn
     early_stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda _sig, _frame: early_stop.set())
     raise_fd_limit()
+    parent = os.getppid()
     cfg = SimConfig(**settings)
 
     async def body() -> dict[str, Any]:
@@ -58,7 +61,7 @@ def worker_main(settings: dict[str, Any], assigned: list[tuple[str, Role]], conn
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, sim.request_stop)
         if early_stop.is_set():
             sim.request_stop()
-        reporter = asyncio.ensure_future(_report(sim, conn))
+        reporter = asyncio.ensure_future(_report(sim, conn, parent))
         try:
             stats = await sim.run()
         finally:
@@ -67,13 +70,22 @@ def worker_main(settings: dict[str, Any], assigned: list[tuple[str, Role]], conn
         return stats.snapshot()
 
     final = asyncio.run(body())
-    conn.send(("final", final))
+    with contextlib.suppress(OSError):
+        conn.send(("final", final))
     conn.close()
 
 
-async def _report(sim: Simulator, conn: Connection) -> None:
+async def _report(sim: Simulator, conn: Connection, parent: int) -> None:
+    """Send the counters to the parent; stop the devices when the parent is gone (killed)."""
     while True:
-        conn.send(("progress", sim.stats.snapshot()))
+        try:
+            conn.send(("progress", sim.stats.snapshot()))
+        except OSError:  # BrokenPipeError: nobody reads any more
+            sim.request_stop()
+            return
+        if os.getppid() != parent:
+            sim.request_stop()
+            return
         await asyncio.sleep(REPORT_EVERY_S)
 
 
