@@ -16,6 +16,12 @@ def register(app: typer.Typer) -> None:
     def sim(
         broker: str = typer.Option(..., "--broker", help="Broker URL, mqtt://HOST:PORT."),
         devices: int = typer.Option(30, "--devices", "-n", help="Number of simulated devices (half kiosks)."),
+        cameras: int | None = typer.Option(
+            None, "--cameras", help="How many of the devices are cameras (default half; the rest kiosks)."
+        ),
+        procs: int = typer.Option(
+            0, "--procs", help="Worker processes to split the devices over (0: one per 5,000 devices)."
+        ),
         duration: float | None = typer.Option(None, "--duration", help="Stop after this many seconds."),
         prefix: str = typer.Option(DEFAULT_PREFIX, "--prefix", help="Topic prefix."),
         telemetry_interval: float = typer.Option(10.0, "--telemetry-interval", help="Telemetry period (s)."),
@@ -27,13 +33,15 @@ def register(app: typer.Typer) -> None:
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout at the end."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
-        """Run simulated kiosks and cameras on one asyncio loop until Ctrl-C or --duration."""
+        """Run simulated kiosks and cameras until Ctrl-C or --duration (one loop per 5,000 devices)."""
         from hil.runsim import run_sim_command
 
         code = run_sim_command(
             {
                 "broker": broker,
                 "devices": devices,
+                "cameras": cameras,
+                "procs": procs,
                 "duration_s": duration,
                 "prefix": prefix,
                 "telemetry_interval_s": telemetry_interval,

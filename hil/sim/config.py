@@ -1,12 +1,16 @@
-"""Settings of one simulator run (many virtual kiosks and cameras on one asyncio loop)."""
+"""Settings of one simulator run (many virtual kiosks and cameras, on one or more asyncio loops)."""
 
 from __future__ import annotations
 
+import math
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol.topics import DEFAULT_PREFIX
+
+DEVICES_PER_PROC = 5000
+"""Devices one simulator process keeps busy without falling behind (``procs`` 0 = automatic)."""
 
 
 class SimConfigError(ValueError):
@@ -33,7 +37,16 @@ class SimConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     broker: str = Field(description="Broker URL, mqtt://HOST:PORT.")
-    devices: int = Field(default=30, ge=1, le=20_000, description="Number of simulated devices.")
+    devices: int = Field(default=30, ge=1, le=50_000, description="Number of simulated devices.")
+    cameras: int | None = Field(
+        default=None, ge=0, description="How many of them are cameras (the rest kiosks); default: half."
+    )
+    procs: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description=f"Worker processes the devices are split over; 0: one per {DEVICES_PER_PROC:,} devices.",
+    )
     prefix: str = Field(default=DEFAULT_PREFIX, min_length=1, description="Topic prefix (topic_prefix).")
     id_prefix: str = Field(
         default="sim", pattern=r"^[a-z0-9][a-z0-9-]{0,40}$", description="Middle part of the device ids."
@@ -64,6 +77,18 @@ class SimConfig(BaseModel):
     def _broker(cls, value: str) -> str:
         parse_broker_url(value)
         return value
+
+    @model_validator(mode="after")
+    def _cameras(self) -> SimConfig:
+        if self.cameras is not None and self.cameras > self.devices:
+            raise ValueError(f"cameras ({self.cameras}) cannot exceed devices ({self.devices})")
+        return self
+
+    @property
+    def worker_procs(self) -> int:
+        """The number of processes this run uses."""
+        wanted = self.procs or math.ceil(self.devices / DEVICES_PER_PROC)
+        return max(1, min(wanted, self.devices))
 
     @property
     def host(self) -> str:

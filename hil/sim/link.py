@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import logging
 import math
+import random
 from collections import deque
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from agent.link import backoff_delay
 from hil.sim.config import SimConfig
 from hil.sim.device import Outgoing, SimDevice
 from hil.sim.stats import SimStats
@@ -31,16 +33,16 @@ NO_TIMEOUT = math.inf
 
 
 class Backoff:
-    """Exponential backoff from ``low`` to ``high`` seconds, with jitter so devices spread out."""
+    """Capped exponential backoff with full jitter (``agent.link.backoff_delay``, as the agent)."""
 
-    def __init__(self, low: float, high: float) -> None:
-        self.low, self.high, self.attempt = low, high, 0
+    def __init__(self, low: float, high: float, rng: random.Random) -> None:
+        self.low, self.high, self.rng, self.attempt = low, high, rng, 0
 
-    def next(self, uniform: float) -> float:
-        """Next delay; ``uniform`` in [0, 1) picks where in the upper half of the window it lands."""
-        cap = min(self.high, self.low * (2.0**self.attempt))
+    def next(self) -> float:
+        """Next delay: uniform in [0, min(high, low * 2**attempt)], at least 50 ms."""
+        delay = backoff_delay(self.attempt, self.low, self.high, self.rng)
         self.attempt += 1
-        return cap * (0.5 + uniform / 2)
+        return delay
 
     def reset(self) -> None:
         self.attempt = 0
@@ -68,14 +70,20 @@ class DeviceLink:
         self.load_left = cfg.load_events
         self._flush_lock = asyncio.Lock()
         self._had_session = False
-        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, device.rng)
         t = device.topics
         self._cmd_topic = t.commands_req(device.id)
         self._desired_topic = t.shadow_desired(device.id)
 
     async def run(self, start_delay: float = 0.0) -> None:
-        if await self._sleep(start_delay):
-            return
+        try:
+            if not await self._sleep(start_delay):
+                await self._keep_connected()
+        finally:
+            self.stats.events_unacked += len(self.outbox)
+
+    async def _keep_connected(self) -> None:
+        """Connect, and after every failed attempt or lost connection wait (backoff) and retry."""
         while not self.stop.is_set():
             client = self._client()
             try:
@@ -84,12 +92,31 @@ class DeviceLink:
                         return
                     await client.__aenter__()
             except aiomqtt.MqttError as exc:
-                self.stats.failed_attempts += 1
-                self.stats.last_error = f"cannot connect to {self.cfg.broker}: {exc}"
-                if await self._sleep(self._backoff.next(self.device.rng.random())):
+                self._connect_failed(exc)
+                await self._abandon(client)
+                if await self._sleep(self._backoff.next()):
                     return
                 continue
             await self._connected(client)
+
+    def _connect_failed(self, exc: aiomqtt.MqttError) -> None:
+        self.stats.failed_attempts += 1
+        if "timed out" in str(exc):
+            self.stats.connect_timeouts += 1
+        self.stats.last_error = f"cannot connect to {self.cfg.broker}: {exc}"
+
+    async def _abandon(self, client: aiomqtt.Client) -> None:
+        """Release a connection the broker never acknowledged (no CONNACK in time).
+
+        aiomqtt leaves its socket open and watched by the loop: closed at random later, that
+        descriptor number is reused by another device's socket ("Bad file descriptor").
+        """
+        paho = client._client
+        if paho.socket() is None:
+            return
+        with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+            await asyncio.wait_for(client.__aexit__(None, None, None), GOODBYE_TIMEOUT_S)
+        _drop_socket(client)
 
     async def _connected(self, client: aiomqtt.Client) -> None:
         if self._had_session:
@@ -113,16 +140,15 @@ class DeviceLink:
                 self.stats.on_disconnected()
             await self._close(client)
         if not self.stop.is_set():
-            await self._sleep(self._backoff.next(self.device.rng.random()))
+            await self._sleep(self._backoff.next())
 
     async def _close(self, client: aiomqtt.Client) -> None:
         """Say goodbye (offline status) when stopping; release the connection either way."""
         with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
             if self.stop.is_set():
-                offline = self.device.status(False)
-                await client.publish(offline.topic, offline.payload, 1, True, timeout=GOODBYE_TIMEOUT_S)
-                self.stats.sent["status"] += 1
+                await self._send(client, self.device.status(False), GOODBYE_TIMEOUT_S)
             await asyncio.wait_for(client.__aexit__(None, None, None), GOODBYE_TIMEOUT_S)
+        _drop_socket(client)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         """Run receive, telemetry/events and load side by side until stop or a lost connection."""
@@ -139,11 +165,26 @@ class DeviceLink:
                     if error is not None:
                         raise error
         finally:
+            # On stop, let an event in flight get its PUBACK first: cancelled after the broker took
+            # it, it would be stored by the fleet but never counted as acknowledged.
+            drained = self.stop.is_set() and await self._hold_flush()
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if drained:
+                self._flush_lock.release()
+
+    async def _hold_flush(self) -> bool:
+        """Take the outbox lock (no event in flight then) unless that takes longer than a goodbye."""
+        try:
+            await asyncio.wait_for(self._flush_lock.acquire(), GOODBYE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def _send(self, client: aiomqtt.Client, out: Outgoing, timeout: float = NO_TIMEOUT) -> None:
+        """Publish and return once the broker has it (QoS 1: its PUBACK); only then is it counted sent."""
+        self.stats.published[out.family] += 1
         await client.publish(out.topic, out.payload, out.qos, out.retain, timeout=timeout)
         self.stats.sent[out.family] += 1
 
@@ -226,3 +267,11 @@ class DeviceLink:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), seconds)
         return self.stop.is_set()
+
+
+def _drop_socket(client: aiomqtt.Client) -> None:
+    """Close the client's socket if a goodbye did not (timed out): paho first tells the loop to
+    stop watching it, so its descriptor number can be reused safely."""
+    paho = client._client
+    if paho.socket() is not None:
+        paho._sock_close()

@@ -1,12 +1,39 @@
-"""Counters of a simulator run, shared by all device links (one asyncio loop, no locking)."""
+"""Counters of a simulator run, shared by all device links (one asyncio loop, no locking).
+
+``sent`` counts what the broker took: a QoS 1 message (events, status, shadow, command answers)
+once its PUBACK is in, a QoS 0 message (telemetry) once it is written to the socket. ``published``
+counts every publication handed to the client, re-sends after a lost connection included. An event
+made by a device is either acknowledged (``sent["events"]``) or still in its outbox when the run
+ends (``events_unacked``), so "events acknowledged" and "events stored by the fleet" compare
+exactly.
+
+A run split over several processes (``hil.sim.procs``) merges the workers' ``snapshot()`` dicts
+with ``merge_snapshots``; ``summarize`` turns either into the printed summary.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+SUMMED = (
+    "devices",
+    "connected",
+    "connected_peak",
+    "connects",
+    "reconnects",
+    "failed_attempts",
+    "connect_timeouts",
+    "commands_answered",
+    "handler_errors",
+    "ever_connected",
+    "events_unacked",
+)
+"""Snapshot fields that add up over worker processes (the peak is the sum of the workers' peaks)."""
 
 
 @dataclass
@@ -18,13 +45,16 @@ class SimStats:
     connects: int = 0
     reconnects: int = 0
     failed_attempts: int = 0
+    connect_timeouts: int = 0
     commands_answered: int = 0
     handler_errors: int = 0
+    events_unacked: int = 0
     ramp_s: float | None = None
     last_error: str = ""
     load_started: float | None = None
     load_finished: float | None = None
     sent: Counter[str] = field(default_factory=Counter)
+    published: Counter[str] = field(default_factory=Counter)
     ever_connected: set[str] = field(default_factory=set)
     all_connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -44,25 +74,78 @@ class SimStats:
     def messages_sent(self) -> int:
         return sum(self.sent.values())
 
+    def snapshot(self) -> dict[str, Any]:
+        """Plain values (picklable, JSON-able); times are ``time.monotonic()`` readings."""
+        snap: dict[str, Any] = {name: getattr(self, name) for name in SUMMED}
+        snap.update(
+            ever_connected=len(self.ever_connected),
+            started=self.started,
+            ramp_at=None if self.ramp_s is None else self.started + self.ramp_s,
+            load_started=self.load_started,
+            load_finished=self.load_finished,
+            last_error=self.last_error,
+            sent=dict(self.sent),
+            published=dict(self.published),
+        )
+        return snap
+
     def summary(self) -> dict[str, Any]:
-        load_s = None
-        if self.load_started is not None and self.load_finished is not None:
-            load_s = round(self.load_finished - self.load_started, 3)
-        return {
-            "devices": self.devices,
-            "connected": self.connected,
-            "connected_peak": self.connected_peak,
-            "ever_connected": len(self.ever_connected),
-            "ramp_s": None if self.ramp_s is None else round(self.ramp_s, 3),
-            "messages_sent": self.messages_sent,
-            "sent_by_family": dict(sorted(self.sent.items())),
-            "events_sent": self.sent["events"],
-            "commands_answered": self.commands_answered,
-            "connects": self.connects,
-            "reconnects": self.reconnects,
-            "failed_attempts": self.failed_attempts,
-            "handler_errors": self.handler_errors,
-            "last_error": self.last_error or None,
-            "load_s": load_s,
-            "duration_s": round(time.monotonic() - self.started, 3),
-        }
+        return summarize(self.snapshot())
+
+
+def merge_snapshots(snaps: Iterable[dict[str, Any]], started: float) -> dict[str, Any]:
+    """One snapshot for a run split over processes; ``started`` is when the whole run began."""
+    parts = list(snaps)
+    merged: dict[str, Any] = {name: sum(int(s[name]) for s in parts) for name in SUMMED}
+    sent: Counter[str] = Counter()
+    published: Counter[str] = Counter()
+    for s in parts:
+        sent.update(s["sent"])
+        published.update(s["published"])
+    ramps = [s["ramp_at"] for s in parts]
+    load_starts = [s["load_started"] for s in parts]
+    load_ends = [s["load_finished"] for s in parts]
+    merged.update(
+        started=started,
+        ramp_at=max(ramps) if parts and None not in ramps else None,
+        load_started=min(load_starts) if parts and None not in load_starts else None,
+        load_finished=max(load_ends) if parts and None not in load_ends else None,
+        last_error=next((s["last_error"] for s in parts if s["last_error"]), ""),
+        sent=dict(sent),
+        published=dict(published),
+    )
+    return merged
+
+
+def summarize(snap: dict[str, Any], now: float | None = None) -> dict[str, Any]:
+    """The run summary printed by ``cityedge sim --json``."""
+    now = time.monotonic() if now is None else now
+    sent: dict[str, int] = snap["sent"]
+    load_s = None
+    if snap["load_started"] is not None and snap["load_finished"] is not None:
+        load_s = round(snap["load_finished"] - snap["load_started"], 3)
+    acked = sent.get("events", 0)
+    resent = sum(snap["published"].values()) - sum(sent.values())
+    return {
+        "devices": snap["devices"],
+        "connected": snap["connected"],
+        "connected_peak": snap["connected_peak"],
+        "ever_connected": snap["ever_connected"],
+        "ramp_s": None if snap["ramp_at"] is None else round(snap["ramp_at"] - snap["started"], 3),
+        "messages_sent": sum(sent.values()),
+        "sent_by_family": dict(sorted(sent.items())),
+        "events_sent": acked,
+        "events_acked": acked,
+        "events_unacked": snap["events_unacked"],
+        "events_made": acked + snap["events_unacked"],
+        "publishes_not_acked": max(0, resent),
+        "commands_answered": snap["commands_answered"],
+        "connects": snap["connects"],
+        "reconnects": snap["reconnects"],
+        "failed_attempts": snap["failed_attempts"],
+        "connect_timeouts": snap["connect_timeouts"],
+        "handler_errors": snap["handler_errors"],
+        "last_error": snap["last_error"] or None,
+        "load_s": load_s,
+        "duration_s": round(now - snap["started"], 3),
+    }

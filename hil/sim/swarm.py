@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import resource
 import time
+from collections.abc import Sequence
+from typing import Any
 
 from hil.sim.config import SimConfig
 from hil.sim.device import SimDevice
@@ -18,16 +21,24 @@ ROLE_PREFIX: dict[Role, str] = {"kiosk": "kiosk", "camera": "cam"}
 
 
 def device_ids(cfg: SimConfig) -> list[tuple[str, Role]]:
-    """Ids and roles, kiosks and cameras alternating: kiosk-sim-0001, cam-sim-0001, kiosk-sim-0002..."""
-    width = max(4, len(str((cfg.devices + 1) // 2)))
+    """Ids and roles. By default kiosks and cameras alternate: kiosk-sim-0001, cam-sim-0001,
+    kiosk-sim-0002...; with ``cfg.cameras`` set, that many cameras are spread evenly among the rest."""
+    if cfg.cameras is None:
+        roles: list[Role] = ["kiosk" if i % 2 == 0 else "camera" for i in range(cfg.devices)]
+    else:
+        cams, n = cfg.cameras, cfg.devices
+        roles = ["camera" if (i + 1) * cams // n > i * cams // n else "kiosk" for i in range(n)]
+    width = max(4, len(str(max(roles.count("kiosk"), roles.count("camera")))))
+    numbers: dict[Role, int] = {"kiosk": 0, "camera": 0}
     out: list[tuple[str, Role]] = []
-    for i in range(cfg.devices):
-        role: Role = "kiosk" if i % 2 == 0 else "camera"
-        out.append((f"{ROLE_PREFIX[role]}-{cfg.id_prefix}-{i // 2 + 1:0{width}d}", role))
+    for role in roles:
+        numbers[role] += 1
+        out.append((f"{ROLE_PREFIX[role]}-{cfg.id_prefix}-{numbers[role]:0{width}d}", role))
     return out
 
 
-def build_devices(cfg: SimConfig) -> list[SimDevice]:
+def build_devices(cfg: SimConfig, assigned: Sequence[tuple[str, Role]] | None = None) -> list[SimDevice]:
+    """The devices of this process: ``assigned`` (a share of ``device_ids``), or all of them."""
     topics = Topics(cfg.prefix)
     return [
         SimDevice(
@@ -39,23 +50,35 @@ def build_devices(cfg: SimConfig) -> list[SimDevice]:
             time_scale=cfg.time_scale,
             telemetry_interval_s=cfg.telemetry_interval_s,
         )
-        for device_id, role in device_ids(cfg)
+        for device_id, role in (device_ids(cfg) if assigned is None else assigned)
     ]
 
 
-class Simulator:
-    """Runs ``cfg.devices`` devices until ``request_stop()`` or ``cfg.duration_s``."""
+def raise_fd_limit() -> int:
+    """Lift this process's soft limit on open files to the hard one (a device is a socket)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
-    def __init__(self, cfg: SimConfig) -> None:
+
+class Simulator:
+    """Runs ``cfg.devices`` devices (or an ``assigned`` share) until ``request_stop()`` or the duration."""
+
+    def __init__(self, cfg: SimConfig, assigned: Sequence[tuple[str, Role]] | None = None) -> None:
         self.cfg = cfg
-        self.devices = build_devices(cfg)
-        self.stats = SimStats(devices=cfg.devices)
+        self.devices = build_devices(cfg, assigned)
+        self.stats = SimStats(devices=len(self.devices))
         self._stop = asyncio.Event()
         self._load_go = asyncio.Event()
 
     def request_stop(self) -> None:
         """Ask every device to say goodbye and disconnect (call from the loop's thread)."""
         self._stop.set()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.stats.snapshot()
 
     @property
     def stopping(self) -> bool:

@@ -76,12 +76,13 @@ def test_command_book_never_raises_on_garbage(payload: bytes) -> None:
     assert result is None or result.status in ("rejected", "error", "ok")
 
 
-def test_backoff_grows_to_its_cap_and_resets() -> None:
-    b = Backoff(0.5, 8.0)
-    delays = [b.next(0.999) for _ in range(8)]
-    assert delays[0] < 0.51 and max(delays) <= 8.0 and delays[-1] > 7.9
+def test_backoff_grows_to_its_cap_with_full_jitter_and_resets() -> None:
+    b = Backoff(0.5, 8.0, random.Random(7))
+    delays = [b.next() for _ in range(60)]
+    assert delays[0] <= 0.5 and all(0.05 <= d <= 8.0 for d in delays)
+    assert max(delays[10:]) > 4.0  # the window has grown to the cap
     b.reset()
-    assert b.next(0.0) == 0.25
+    assert b.next() <= 0.5
 
 
 def test_device_ids_alternate_roles_and_match_the_contract() -> None:
