@@ -24,10 +24,24 @@ def register(app: typer.Typer) -> None:
         time_scale: float = typer.Option(1.0, "--time-scale", help="Scenario speed-up (60: 1 min/s)."),
         load_events: int = typer.Option(0, "--load-events", help="Benchmark: extra events per device."),
         load_rate: float = typer.Option(0.0, "--load-rate", help="Benchmark: total events/s (0: flat out)."),
+        ota_fail: float = typer.Option(0.0, "--ota-fail", help="Chance an update fails (ota.failed), 0..1."),
+        ota_rollback: float = typer.Option(
+            0.0, "--ota-rollback", help="Chance an update fails its health gate (ota.rolled_back), 0..1."
+        ),
+        ota_offline: float = typer.Option(
+            0.0, "--ota-offline", help="Chance a device drops off the network mid-update, 0..1."
+        ),
+        ota_seconds: str = typer.Option("5..30", "--ota-seconds", help="Update download time, LOW..HIGH."),
+        ota_offline_seconds: str = typer.Option(
+            "10..60", "--ota-offline-seconds", help="How long a device that drops off stays away, LOW..HIGH."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout at the end."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
-        """Run simulated kiosks and cameras on one asyncio loop until Ctrl-C or --duration."""
+        """Run simulated kiosks and cameras on one asyncio loop until Ctrl-C or --duration.
+
+        They run the update exchange of the real agent on a desired release (ota.* events), with
+        the chances and times given by the --ota-* options, drawn reproducibly from --seed."""
         from hil.runsim import run_sim_command
 
         code = run_sim_command(
@@ -42,6 +56,11 @@ def register(app: typer.Typer) -> None:
                 "time_scale": time_scale,
                 "load_events": load_events,
                 "load_rate": load_rate,
+                "ota_fail": ota_fail,
+                "ota_rollback": ota_rollback,
+                "ota_offline": ota_offline,
+                "ota_seconds": ota_seconds,
+                "ota_offline_seconds": ota_offline_seconds,
             },
             json_out=json_out,
             quiet=quiet,

@@ -20,11 +20,14 @@ class SimStats:
     failed_attempts: int = 0
     commands_answered: int = 0
     handler_errors: int = 0
+    desired_received: int = 0
+    ota_offline: int = 0
     ramp_s: float | None = None
     last_error: str = ""
     load_started: float | None = None
     load_finished: float | None = None
     sent: Counter[str] = field(default_factory=Counter)
+    ota: Counter[str] = field(default_factory=Counter)
     ever_connected: set[str] = field(default_factory=set)
     all_connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -62,6 +65,9 @@ class SimStats:
             "reconnects": self.reconnects,
             "failed_attempts": self.failed_attempts,
             "handler_errors": self.handler_errors,
+            "desired_received": self.desired_received,
+            "ota": dict(sorted(self.ota.items())),
+            "ota_offline": self.ota_offline,
             "last_error": self.last_error or None,
             "load_s": load_s,
             "duration_s": round(time.monotonic() - self.started, 3),
