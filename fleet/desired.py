@@ -239,6 +239,26 @@ class DesiredService:
 
         return self._change(device_id, change)
 
+    def ensure_release(self, device_id: str, version: str) -> dict[str, Any] | None:
+        """Like ``set_release``, but only when the stored desired state does not already carry
+        ``version``: returns the new signed state, or None when it was there already. The check and
+        the change share one transaction (row lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite),
+        so two workers targeting the same device bump its desired version once between them."""
+        release = make_release(version)
+
+        def change(document: Mapping[str, Any] | None, row: Row) -> tuple[dict[str, Any], DesiredRelease]:
+            check_downgrade(device_id, row["version"], release)
+            return current_config(document), release
+
+        def missing(document: Mapping[str, Any] | None) -> bool:
+            stored = current_release(document)
+            return stored is None or stored.version != version
+
+        try:
+            return self._change(device_id, change, only_if=missing)
+        except _Unchanged:
+            return None
+
     def clear_release(self, device_id: str) -> dict[str, Any]:
         """``release: null``: the device stays on what it runs."""
         return self._change(device_id, lambda document, _row: (current_config(document), None))

@@ -193,10 +193,14 @@ class FleetService:
 
     def _rollouts(self) -> None:
         """Advance every running staged rollout by one tick (fleet/rollouts)."""
+        from fleet.desired import DesiredNotPublished
         from fleet.rollouts.driver import tick_all
 
         def set_release(device: str, version: str) -> None:
-            self.desired.set_release(device, version)
+            try:
+                self.desired.ensure_release(device, version)  # once, even with several workers
+            except DesiredNotPublished as exc:  # stored: the maintenance loop publishes it again
+                log.warning("%s", exc)
 
         tick_all(self.store.writer, set_release, utc_now())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import httpx
@@ -113,3 +114,25 @@ def test_rollout_cli(
         assert "aborted" in cli("rollout", "abort", rid, "--api", url).output
         listing = json.loads(cli("rollout", "status", "--json", "--api", url).output)
         assert [r["id"] for r in listing] == [rid]
+
+
+def test_two_workers_targeting_one_device_bump_its_desired_version_once(
+    make_fleet: FleetFactory, make_device: MakeDevice
+) -> None:
+    first, second = make_fleet(), make_fleet()
+    make_device("cam-twice", role="camera", version="1.0.0").connect()
+    wait_for(lambda: first.store.device("cam-twice") is not None, what="device known")
+    results: list[Any] = []
+    workers = [
+        threading.Thread(target=lambda s=s: results.append(s.desired.ensure_release("cam-twice", "1.1.0")))
+        for s in (first, second) * 3
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    changed = [r for r in results if r is not None]
+    assert len(results) == 6 and len(changed) == 1
+    stored = first.desired.get("cam-twice") or {}
+    assert stored["version"] == changed[0]["version"] == 1 and stored["release"]["version"] == "1.1.0"
+    assert second.desired.ensure_release("cam-twice", "1.2.0") is not None  # another release: changed
