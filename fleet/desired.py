@@ -24,7 +24,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -47,8 +47,11 @@ lifetime before, for short-lived signatures)."""
 RESCAN_S = 300.0
 """Longest time between two scans for due re-signs (another worker may have changed a state)."""
 
-Publish = Callable[[str, bytes, bool], None]
-"""``publish(topic, payload, retain)``: QoS 1."""
+Publish = Callable[[str, bytes, bool], object]
+"""``publish(topic, payload, retain)``: QoS 1; may return paho's ``MQTTMessageInfo`` (then
+``acknowledged`` can wait for the broker's PUBACK)."""
+SENT_KEPT = 50_000
+"""Message infos kept for ``acknowledged``; beyond this, acknowledged ones are dropped."""
 
 
 class DesiredError(Exception):
@@ -212,6 +215,7 @@ class DesiredService:
         self._next_due: datetime | None = None
         self._last_scan = -float("inf")
         self._unpublished: set[str] = set()
+        self._sent: dict[str, Any] = {}  # device -> message info of its latest desired publish
 
     @property
     def signing_kid(self) -> str | None:
@@ -257,7 +261,12 @@ class DesiredService:
         try:
             return self._change(device_id, change, only_if=missing)
         except _Unchanged:
-            return None
+            pass
+        with self._lock:  # stored before, perhaps by a worker killed before the broker took it
+            document = self.get(device_id)
+            if document is not None:
+                self._publish(device_id, document)
+        return None
 
     def clear_release(self, device_id: str) -> dict[str, Any]:
         """``release: null``: the device stays on what it runs."""
@@ -313,9 +322,33 @@ class DesiredService:
             self._publish(device_id, signed)
         return signed
 
+    def acknowledged(self, device_ids: Sequence[str], timeout_s: float) -> bool:
+        """Wait until the broker has acknowledged the latest desired publish of each device
+        (True), or ``timeout_s`` passed or one could not be sent (False)."""
+        deadline = time.monotonic() + timeout_s
+        ok = True
+        for device_id in device_ids:
+            with self._lock:
+                info = self._sent.pop(device_id, None)
+            wait = getattr(info, "wait_for_publish", None)
+            if wait is None:
+                continue
+            try:
+                wait(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):  # paho: not queued (no connection, queue full)
+                ok = False
+                continue
+            ok = ok and bool(info.is_published())
+        return ok
+
     def _publish(self, device_id: str, document: Mapping[str, Any]) -> None:
         try:
-            self.publish(self.topics.shadow_desired(device_id), payload_of(document), True)
+            info = self.publish(self.topics.shadow_desired(device_id), payload_of(document), True)
+            self._sent[device_id] = info
+            if len(self._sent) > SENT_KEPT:
+                self._sent = {
+                    d: i for d, i in self._sent.items() if not getattr(i, "is_published", lambda: True)()
+                }
         except Exception as exc:  # the link is a plug-in boundary; the state is stored, retried later
             self._unpublished.add(device_id)
             raise DesiredNotPublished(

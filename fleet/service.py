@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from fleet.commands import CommandService, CommandSigner, UnsignedSigner
@@ -30,6 +30,10 @@ from protocol.timefmt import utc_now
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
+
+ROLLOUT_ACK_TIMEOUT_S = 10.0
+"""How long a rollout waits for the broker to acknowledge a batch of desired states before it
+counts those devices targeted (it sends them again at the next tick otherwise)."""
 
 
 class FleetService:
@@ -100,7 +104,7 @@ class FleetService:
             max_ttl_s=config.command_max_ttl_s,
             on_issued=self.stats.on_command,
         )
-        self.desired = DesiredService(self.store, self.publish, self.signer, self.topics)
+        self.desired = DesiredService(self.store, self.publish_tracked, self.signer, self.topics)
         self._revocations: dict[str, tuple[datetime, str | None]] | None = None
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -109,6 +113,10 @@ class FleetService:
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.link.publish(topic, payload, retain)
+
+    def publish_tracked(self, topic: str, payload: bytes, retain: bool = False) -> object:
+        """Publish QoS 1; returns paho's message info (``wait_for_publish``: acknowledged)."""
+        return self.link.publish(topic, payload, retain)
 
     def _accept(self, received: Received) -> None:
         if not self._paused.is_set():  # while stopping, leave messages unacked for the next start
@@ -202,7 +210,10 @@ class FleetService:
             except DesiredNotPublished as exc:  # stored: the maintenance loop publishes it again
                 log.warning("%s", exc)
 
-        tick_all(self.store.writer, set_release, utc_now())
+        def confirm(devices: Sequence[str]) -> bool:
+            return self.desired.acknowledged(devices, ROLLOUT_ACK_TIMEOUT_S)
+
+        tick_all(self.store.writer, set_release, utc_now(), confirm=confirm)
 
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0

@@ -22,6 +22,14 @@ from fleet.rollouts.plan import DeviceFact, Outcome, WaveCount, count_wave, deci
 
 SetRelease = Callable[[str, str], None]
 Facts = Callable[[Sequence[str]], Mapping[str, DeviceFact]]
+Confirm = Callable[[Sequence[str]], bool]
+"""``confirm(devices)``: the broker acknowledged the desired states just set for ``devices``."""
+BATCH = 500
+"""Devices targeted between two confirmations (and marked targeted in one transaction)."""
+
+
+def _confirmed(devices: Sequence[str]) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -52,13 +60,20 @@ def wave_counts(engine: Engine, rollout: store.Rollout, facts: Facts, now: datet
     return [count_wave(by_wave.get(i, [])) for i in range(top)]
 
 
-def tick(engine: Engine, rollout_id: str, set_release: SetRelease, facts: Facts, now: datetime) -> TickResult:
+def tick(
+    engine: Engine,
+    rollout_id: str,
+    set_release: SetRelease,
+    facts: Facts,
+    now: datetime,
+    confirm: Confirm = _confirmed,
+) -> TickResult:
     rollout = store.load(engine, rollout_id)
     planned = max((w for _, w, _, _ in store.targets(engine, rollout_id)), default=-1) + 1
     started = store.started_waves(engine, rollout_id)
     # finish targeting a wave a killed worker left half done
     if rollout.state == "running" and started:
-        _target(engine, rollout, started - 1, set_release, now)
+        _target(engine, rollout, started - 1, set_release, now, confirm)
     counts = wave_counts(engine, rollout, facts, now)
     if rollout.state != "running":
         return TickResult(rollout.state, started, counts, rollout.reason)
@@ -75,18 +90,31 @@ def tick(engine: Engine, rollout_id: str, set_release: SetRelease, facts: Facts,
         return TickResult("complete", started, counts)
     if decision.action == "start_wave" and decision.wave is not None:
         store.set_wave_settled(engine, rollout_id, None)
-        _target(engine, rollout, decision.wave, set_release, now)
+        _target(engine, rollout, decision.wave, set_release, now, confirm)
         started = decision.wave + 1
         counts = wave_counts(engine, rollout, facts, now)
     return TickResult("running", started, counts, decision.reason)
 
 
 def _target(
-    engine: Engine, rollout: store.Rollout, wave: int, set_release: SetRelease, now: datetime
+    engine: Engine,
+    rollout: store.Rollout,
+    wave: int,
+    set_release: SetRelease,
+    now: datetime,
+    confirm: Confirm,
 ) -> None:
-    for device in store.untargeted(engine, rollout.id, wave):
-        set_release(device, rollout.release)
-        store.mark_targeted(engine, rollout.id, [device], now)
+    """Set the release for the wave's untargeted devices, a batch at a time; a batch is marked
+    targeted only once the broker has acknowledged its desired states, so a worker killed (or a
+    broker lost) in between sends them again at the next tick instead of skipping them."""
+    todo = store.untargeted(engine, rollout.id, wave)
+    for start in range(0, len(todo), BATCH):
+        batch = todo[start : start + BATCH]
+        for device in batch:
+            set_release(device, rollout.release)
+        if not confirm(batch):
+            return
+        store.mark_targeted(engine, rollout.id, batch, now)
 
 
 def abort(
@@ -110,7 +138,9 @@ def abort(
     return count
 
 
-def tick_all(engine: Engine, set_release: SetRelease, now: datetime) -> dict[str, TickResult]:
+def tick_all(
+    engine: Engine, set_release: SetRelease, now: datetime, confirm: Confirm = _confirmed
+) -> dict[str, TickResult]:
     """One tick of every running rollout, with facts from the fleet database (what the fleet's
     maintenance thread calls each second; a test calls it once)."""
     results: dict[str, TickResult] = {}
@@ -119,5 +149,5 @@ def tick_all(engine: Engine, set_release: SetRelease, now: datetime) -> dict[str
         def facts(names: Sequence[str], release: str = release) -> Mapping[str, DeviceFact]:
             return device_facts(engine, release, names)
 
-        results[rollout_id] = tick(engine, rollout_id, set_release, facts, now)
+        results[rollout_id] = tick(engine, rollout_id, set_release, facts, now, confirm)
     return results
