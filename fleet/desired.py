@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from fleet.commands import CommandSigner
 from fleet.db import devices
@@ -267,6 +267,70 @@ class DesiredService:
             if document is not None:
                 self._publish(device_id, document)
         return None
+
+    def ensure_releases(self, device_ids: Sequence[str], version: str) -> int:
+        """``ensure_release`` for many devices in one transaction (a rollout wave's batch): each
+        device whose stored desired state lacks ``version`` gets it under its next version; every
+        one is then published (again, unchanged, where it was stored before). Devices that are not
+        known or would refuse the release (a downgrade) are logged and left out. Returns how many
+        changed. DesiredNotPublished when the broker did not take some (they stay stored)."""
+        release = make_release(version)
+        with self._lock:
+            with self.store.writer.begin() as conn:
+                query = select(
+                    devices.c.id, devices.c.shadow_desired, devices.c.shadow_reported, devices.c.version
+                ).where(devices.c.id.in_(list(device_ids)))
+                if conn.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                rows = {row["id"]: dict(row) for row in conn.execute(query).mappings()}
+                out, changed = self._releases_for(device_ids, rows, release)
+                if changed:
+                    update = devices.update().where(devices.c.id == bindparam("key"))
+                    conn.execute(update.values(shadow_desired=bindparam("doc")), changed)
+            failed: list[str] = []
+            for device_id, document in out:
+                self._note_due(document)
+                try:
+                    self._publish(device_id, document)
+                except DesiredNotPublished:
+                    failed.append(device_id)
+        if failed:
+            raise DesiredNotPublished(
+                f"the desired states of {len(failed)} device(s) (e.g. {failed[0]}) are stored but the "
+                "broker did not take them; the fleet publishes them again once the broker is back"
+            )
+        return len(changed)
+
+    def _releases_for(
+        self, device_ids: Sequence[str], rows: Mapping[str, Row], release: DesiredRelease
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+        """(device, document to publish) for each device, and the ``{"key", "doc"}`` rows to store."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        changed: list[dict[str, Any]] = []
+        for device_id in device_ids:
+            row = rows.get(device_id)
+            if row is None:
+                log.warning("rollout: device %s is not known to the fleet; left out", device_id)
+                continue
+            document: Mapping[str, Any] | None = row["shadow_desired"]
+            stored = current_release(document)
+            if document is not None and stored is not None and stored.version == release.version:
+                out.append((device_id, dict(document)))
+                continue
+            try:
+                check_downgrade(device_id, row["version"], release)
+            except DowngradeRefused as exc:
+                log.warning("rollout: %s", exc)
+                continue
+            version = next_version(document, row["shadow_reported"])
+            body = desired_body(device_id, version, current_config(document), release)
+            try:
+                signed = self.signer.sign(body)
+            except Exception as exc:  # the signer is a plug-in: any failure means "not signed"
+                raise DesiredSigningFailed(f"could not sign the desired state of {device_id}: {exc}") from exc
+            changed.append({"key": device_id, "doc": signed})
+            out.append((device_id, signed))
+        return out, changed
 
     def clear_release(self, device_id: str) -> dict[str, Any]:
         """``release: null``: the device stays on what it runs."""

@@ -210,10 +210,16 @@ class FleetService:
             except DesiredNotPublished as exc:  # stored: the maintenance loop publishes it again
                 log.warning("%s", exc)
 
+        def set_releases(devices: Sequence[str], version: str) -> None:
+            try:
+                self.desired.ensure_releases(devices, version)  # one transaction per batch
+            except DesiredNotPublished as exc:
+                log.warning("%s", exc)
+
         def confirm(devices: Sequence[str]) -> bool:
             return self.desired.acknowledged(devices, ROLLOUT_ACK_TIMEOUT_S)
 
-        tick_all(self.store.writer, set_release, utc_now(), confirm=confirm)
+        tick_all(self.store.writer, set_release, utc_now(), confirm=confirm, set_releases=set_releases)
 
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0
