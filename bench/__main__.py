@@ -15,6 +15,7 @@ ALL = (
     "fleet_ingest",
     "fleet_auth",
     "fleet_devices",
+    "rollout_wave",
     "tls_connect",
     "command_verify",
     "camera_detector",

@@ -2,7 +2,8 @@
 
 The link (``hil.sim.link``) decides *when* to send; this module decides *what*: status with a
 boot id, telemetry with a running ``seq``, event envelopes with ULID ids and a per-device ``seq``
-that never goes back, the reported shadow, and answers to commands and desired state.
+that never goes back, the reported shadow, and answers to commands and desired state, including
+the update exchange a desired release starts (``hil.sim.ota``).
 """
 
 from __future__ import annotations
