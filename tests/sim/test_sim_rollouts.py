@@ -75,6 +75,16 @@ def _released_to(observer: Observer) -> dict[str, set[int]]:
     return out
 
 
+def _wait_on_release(sim: SimThread, timeout: float = 60) -> None:
+    try:
+        wait_until(lambda: all(d.version == RELEASE for d in sim.devices), timeout, "every device on it")
+    except AssertionError:
+        behind = [
+            (d.id, d.ota.phase, d.ota.started, list(d.logs)[-3:]) for d in sim.devices if d.version != RELEASE
+        ]
+        raise AssertionError(f"{len(behind)} devices not on {RELEASE}, e.g. {behind[:3]}") from None
+
+
 def test_five_percent_failing_halts_in_the_first_wave_past_min_executed(
     fleet_process: FleetProcess, sim_factory: SimF, observer_factory: ObsF
 ) -> None:
@@ -113,7 +123,7 @@ def test_no_failures_complete_every_wave_including_devices_that_drop_off_mid_upd
     done = _wait_state(fleet, rid, {"halted", "complete"}, 100)
     assert done["state"] == "complete", done
     assert [w["targeted"] for w in done["waves"]] == [10, 90, 400]
-    wait_until(lambda: all(d.version == RELEASE for d in sim.devices), 60, "every device on the release")
+    _wait_on_release(sim)
 
     def committed() -> int:
         return sum(w["counts"].get("committed", 0) for w in _status(fleet, rid)["waves"])
@@ -140,17 +150,7 @@ def test_fleet_killed_mid_rollout_carries_on_without_retargeting_or_skipping(
     after = fleet.targets(rid)
     assert all(at is not None for _w, at in after.values())  # nobody skipped
     assert {d: after[d][1] for d in before} == before  # nobody targeted again
-    try:
-        wait_until(lambda: all(d.version == RELEASE for d in sim.devices), 60, "every device on the release")
-    except AssertionError:
-        behind = [d for d in sim.devices if d.version != RELEASE]
-        seen = _released_to(desired)
-        stored = fleet.desired()
-        raise AssertionError(
-            [(d.id, d.ota.phase, d.ota.started, d.config_version, sorted(seen.get(d.id, ())),
-              (stored.get(d.id) or {}).get("version"), str(after[d.id][1]), list(d.logs)[-5:])
-             for d in behind[:5]], len(behind), done, str(before.get(behind[0].id)),
-        ) from None  # fmt: skip
+    _wait_on_release(sim)
     assert all(d.ota.started == 1 for d in sim.devices)  # each device updated once
     # one desired version carrying the release per device: the restart did not bump it again
     assert {d: len(v) for d, v in _released_to(desired).items()} == {d.id: 1 for d in sim.devices}
