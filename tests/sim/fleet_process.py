@@ -23,13 +23,12 @@ CLI = str(Path(sys.executable).with_name("cityedge"))
 
 class FleetProcess:
     def __init__(self, broker: MosquittoBroker, workdir: Path) -> None:
-        self.port = free_port()
-        self.api = f"http://127.0.0.1:{self.port}"
+        self.api = ""
         self.db_url = f"sqlite:///{workdir / 'db' / 'fleet.db'}"
         data = workdir / "fleet"
         init_keys(data, workdir / "offline" / "fleet-root.pem")
         self.args = [CLI, "fleet", "serve", "--broker", broker.url, "--db", self.db_url,
-                     "--http", f"127.0.0.1:{self.port}", "--worker-id", "fleet-rollouts",
+                     "--worker-id", "fleet-rollouts",
                      "--data-dir", str(data), "--signer", "fleet.signer:load_fleet_signer"]  # fmt: skip
         self.env = {**os.environ, "CITYEDGE_FLEET_DATA": str(data)}
         self.log = workdir / "serve.log"
@@ -39,13 +38,26 @@ class FleetProcess:
         self._engine: Engine | None = None
 
     def start(self) -> FleetProcess:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        wait_until(self._healthy, 60, f"fleet serve up (log: {self.log})")
-        return self
+        """Start on a fresh port each time: on a busy machine another program may take a port
+        between ``free_port`` and the bind, or the old one after a kill (then try another)."""
+        for _attempt in range(5):
+            port = free_port()
+            self.api = f"http://127.0.0.1:{port}"
+            with self.log.open("ab") as log:
+                argv = [*self.args, "--http", f"127.0.0.1:{port}"]
+                self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            wait_until(self._up_or_exited, 60, f"fleet serve up (log: {self.log})")
+            if self.proc.poll() is None:
+                return self
+            if "address already in use" not in self.log.read_text():
+                raise AssertionError(f"fleet serve exited: {self.log.read_text()[-2000:]}")
+        raise AssertionError(f"fleet serve found no free port: {self.log.read_text()[-2000:]}")
+
+    def _up_or_exited(self) -> bool:
+        assert self.proc is not None
+        return self.proc.poll() is not None or self._healthy()
 
     def _healthy(self) -> bool:
-        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
         try:
             return httpx.get(f"{self.api}/healthz", timeout=2).status_code == 200
         except httpx.HTTPError:
