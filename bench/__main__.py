@@ -16,6 +16,7 @@ ALL = (
     "fleet_auth",
     "fleet_devices",
     "fleet_scale",
+    "rollout_wave",
     "tls_connect",
     "command_verify",
     "camera_detector",

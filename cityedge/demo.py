@@ -126,7 +126,8 @@ def _camera_pipeline(ctx: Ctx) -> list[str]:
 
 def _sim(ctx: Ctx) -> list[str]:
     return [*ctx.cli, "sim", "--broker", ctx.broker_url, "--devices", str(ctx.devices),
-            "--id-prefix", "sim", "--time-scale", "6", "--telemetry-interval", "10"]  # fmt: skip
+            "--id-prefix", "sim", "--time-scale", "6", "--telemetry-interval", "10",
+            *demo_ota.SIM_OTA]  # fmt: skip
 
 
 def io_board_dir(ctx: Ctx) -> Path:
@@ -381,6 +382,9 @@ def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
     link = signin_link(url, token)
     console.print(f"Sign in to the dashboard (admin, this demo only):\n{link}", markup=False)
     console.print(f"The token is also in {token_file} (mode 0600) for the CLI: --token-file", markup=False)
+    if sup.ctx.devices > 0:
+        for line in demo_ota.rollout_lines("cityedge", sup.ctx.http, token_file):
+            console.print(line, markup=False, highlight=False)
     claim = demo_security.create_claim(sup.ctx.data_dir)
     board = io_board_dir(sup.ctx)
     tech = demo_security.technician_lines(

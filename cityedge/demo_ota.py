@@ -21,6 +21,10 @@ from pathlib import Path
 DEVICE = "gw-demo-0001"
 FIRST, SECOND = "0.1.0", "0.1.1"
 WAIT_ONLINE_S = 180.0
+SIM_SELECT = "id=*-sim-*"
+SIM_OTA = ("--ota-fail", "0.03", "--ota-rollback", "0.02", "--ota-offline", "0.02",
+           "--ota-seconds", "5..30", "--ota-offline-seconds", "10..40")  # fmt: skip
+"""How the demo's simulated devices take an update: realistic times, a few failures (hil/sim/ota.py)."""
 
 
 def repo_dir(data_dir: Path) -> Path:
@@ -117,3 +121,15 @@ def roll_out_later(http: str, stop: threading.Event, token_file: Path | None = N
     thread = threading.Thread(target=work, name="demo-rollout", daemon=True)
     thread.start()
     return thread
+
+
+def rollout_lines(cli: str, http: str, token_file: Path) -> list[str]:
+    """The commands that roll the second release out over the simulated devices in waves, and
+    watch it (the rollout halts by itself when too many of a wave fail)."""
+    api = f"--api http://{http} --token-file {token_file}"
+    return [
+        f"Roll {SECOND} out over the simulated devices in waves (halts itself on failures):",
+        f"  {cli} rollout start --release {SECOND} --select '{SIM_SELECT}' --waves 10%,50%,100% "
+        f"--max-failure 10% --min-executed 3 --soak 30s {api}",
+        f"  {cli} rollout status {api}",
+    ]

@@ -24,12 +24,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from fleet.commands import CommandSigner
 from fleet.db import devices
@@ -47,8 +47,11 @@ lifetime before, for short-lived signatures)."""
 RESCAN_S = 300.0
 """Longest time between two scans for due re-signs (another worker may have changed a state)."""
 
-Publish = Callable[[str, bytes, bool], None]
-"""``publish(topic, payload, retain)``: QoS 1."""
+Publish = Callable[[str, bytes, bool], object]
+"""``publish(topic, payload, retain)``: QoS 1; may return paho's ``MQTTMessageInfo`` (then
+``acknowledged`` can wait for the broker's PUBACK)."""
+SENT_KEPT = 50_000
+"""Message infos kept for ``acknowledged``; beyond this, acknowledged ones are dropped."""
 
 
 class DesiredError(Exception):
@@ -212,6 +215,7 @@ class DesiredService:
         self._next_due: datetime | None = None
         self._last_scan = -float("inf")
         self._unpublished: set[str] = set()
+        self._sent: dict[str, Any] = {}  # device -> message info of its latest desired publish
 
     @property
     def signing_kid(self) -> str | None:
@@ -238,6 +242,95 @@ class DesiredService:
             return current_config(document), release
 
         return self._change(device_id, change)
+
+    def ensure_release(self, device_id: str, version: str) -> dict[str, Any] | None:
+        """Like ``set_release``, but only when the stored desired state does not already carry
+        ``version``: returns the new signed state, or None when it was there already. The check and
+        the change share one transaction (row lock on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite),
+        so two workers targeting the same device bump its desired version once between them."""
+        release = make_release(version)
+
+        def change(document: Mapping[str, Any] | None, row: Row) -> tuple[dict[str, Any], DesiredRelease]:
+            check_downgrade(device_id, row["version"], release)
+            return current_config(document), release
+
+        def missing(document: Mapping[str, Any] | None) -> bool:
+            stored = current_release(document)
+            return stored is None or stored.version != version
+
+        try:
+            return self._change(device_id, change, only_if=missing)
+        except _Unchanged:
+            pass
+        with self._lock:  # stored before, perhaps by a worker killed before the broker took it
+            document = self.get(device_id)
+            if document is not None:
+                self._publish(device_id, document)
+        return None
+
+    def ensure_releases(self, device_ids: Sequence[str], version: str) -> int:
+        """``ensure_release`` for many devices in one transaction (a rollout wave's batch): each
+        device whose stored desired state lacks ``version`` gets it under its next version; every
+        one is then published (again, unchanged, where it was stored before). Devices that are not
+        known or would refuse the release (a downgrade) are logged and left out. Returns how many
+        changed. DesiredNotPublished when the broker did not take some (they stay stored)."""
+        release = make_release(version)
+        with self._lock:
+            with self.store.writer.begin() as conn:
+                query = select(
+                    devices.c.id, devices.c.shadow_desired, devices.c.shadow_reported, devices.c.version
+                ).where(devices.c.id.in_(list(device_ids)))
+                if conn.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                rows = {row["id"]: dict(row) for row in conn.execute(query).mappings()}
+                out, changed = self._releases_for(device_ids, rows, release)
+                if changed:
+                    update = devices.update().where(devices.c.id == bindparam("key"))
+                    conn.execute(update.values(shadow_desired=bindparam("doc")), changed)
+            failed: list[str] = []
+            for device_id, document in out:
+                self._note_due(document)
+                try:
+                    self._publish(device_id, document)
+                except DesiredNotPublished:
+                    failed.append(device_id)
+        if failed:
+            raise DesiredNotPublished(
+                f"the desired states of {len(failed)} device(s) (e.g. {failed[0]}) are stored but the "
+                "broker did not take them; the fleet publishes them again once the broker is back"
+            )
+        return len(changed)
+
+    def _releases_for(
+        self, device_ids: Sequence[str], rows: Mapping[str, Row], release: DesiredRelease
+    ) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+        """(device, document to publish) for each device, and the ``{"key", "doc"}`` rows to store."""
+        out: list[tuple[str, dict[str, Any]]] = []
+        changed: list[dict[str, Any]] = []
+        for device_id in device_ids:
+            row = rows.get(device_id)
+            if row is None:
+                log.warning("rollout: device %s is not known to the fleet; left out", device_id)
+                continue
+            document: Mapping[str, Any] | None = row["shadow_desired"]
+            stored = current_release(document)
+            if document is not None and stored is not None and stored.version == release.version:
+                out.append((device_id, dict(document)))
+                continue
+            try:
+                check_downgrade(device_id, row["version"], release)
+            except DowngradeRefused as exc:
+                log.warning("rollout: %s", exc)
+                continue
+            version = next_version(document, row["shadow_reported"])
+            body = desired_body(device_id, version, current_config(document), release)
+            try:
+                signed = self.signer.sign(body)
+            except Exception as exc:  # the signer is a plug-in: any failure means "not signed"
+                raise DesiredSigningFailed(f"could not sign the desired state of {device_id}: {exc}") from exc
+            changed.append({"key": device_id, "doc": signed})
+            out.append((device_id, signed))
+        return out, changed
 
     def clear_release(self, device_id: str) -> dict[str, Any]:
         """``release: null``: the device stays on what it runs."""
@@ -293,9 +386,33 @@ class DesiredService:
             self._publish(device_id, signed)
         return signed
 
+    def acknowledged(self, device_ids: Sequence[str], timeout_s: float) -> bool:
+        """Wait until the broker has acknowledged the latest desired publish of each device
+        (True), or ``timeout_s`` passed or one could not be sent (False)."""
+        deadline = time.monotonic() + timeout_s
+        ok = True
+        for device_id in device_ids:
+            with self._lock:
+                info = self._sent.pop(device_id, None)
+            wait = getattr(info, "wait_for_publish", None)
+            if wait is None:
+                continue
+            try:
+                wait(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError):  # paho: not queued (no connection, queue full)
+                ok = False
+                continue
+            ok = ok and bool(info.is_published())
+        return ok
+
     def _publish(self, device_id: str, document: Mapping[str, Any]) -> None:
         try:
-            self.publish(self.topics.shadow_desired(device_id), payload_of(document), True)
+            info = self.publish(self.topics.shadow_desired(device_id), payload_of(document), True)
+            self._sent[device_id] = info
+            if len(self._sent) > SENT_KEPT:
+                self._sent = {
+                    d: i for d, i in self._sent.items() if not getattr(i, "is_published", lambda: True)()
+                }
         except Exception as exc:  # the link is a plug-in boundary; the state is stored, retried later
             self._unpublished.add(device_id)
             raise DesiredNotPublished(

@@ -115,11 +115,13 @@ class MqttLink:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # type: ignore[attr-defined]
 
-    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
-        """Publish QoS 1, retained if asked (paho queues it while reconnecting)."""
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Publish QoS 1, retained if asked (paho queues it while reconnecting); the returned
+        ``MQTTMessageInfo`` tells when the broker has acknowledged it."""
         info = self.client.publish(topic, payload, qos=1, retain=retain)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise IngestError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
+        return info
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:

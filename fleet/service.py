@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from fleet.commands import CommandService, CommandSigner, UnsignedSigner
@@ -39,6 +39,10 @@ from protocol.timefmt import utc_now
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
+
+ROLLOUT_ACK_TIMEOUT_S = 10.0
+"""How long a rollout waits for the broker to acknowledge a batch of desired states before it
+counts those devices targeted (it sends them again at the next tick otherwise)."""
 
 
 class FleetService:
@@ -110,7 +114,7 @@ class FleetService:
             max_ttl_s=config.command_max_ttl_s,
             on_issued=self.stats.on_command,
         )
-        self.desired = DesiredService(self.store, self.publish, self.signer, self.topics)
+        self.desired = DesiredService(self.store, self.publish_tracked, self.signer, self.topics)
         self._revocations: dict[str, tuple[datetime, str | None]] | None = None
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -119,6 +123,10 @@ class FleetService:
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         self.link.publish(topic, payload, retain)
+
+    def publish_tracked(self, topic: str, payload: bytes, retain: bool = False) -> object:
+        """Publish QoS 1; returns paho's message info (``wait_for_publish``: acknowledged)."""
+        return self.link.publish(topic, payload, retain)
 
     def _accept(self, received: Received) -> None:
         if not self._paused.is_set():  # while stopping, leave messages unacked for the next start
@@ -223,12 +231,25 @@ class FleetService:
 
     def _rollouts(self) -> None:
         """Advance every running staged rollout by one tick (fleet/rollouts)."""
+        from fleet.desired import DesiredNotPublished
         from fleet.rollouts.driver import tick_all
 
         def set_release(device: str, version: str) -> None:
-            self.desired.set_release(device, version)
+            try:
+                self.desired.ensure_release(device, version)  # once, even with several workers
+            except DesiredNotPublished as exc:  # stored: the maintenance loop publishes it again
+                log.warning("%s", exc)
 
-        tick_all(self.store.writer, set_release, utc_now())
+        def set_releases(devices: Sequence[str], version: str) -> None:
+            try:
+                self.desired.ensure_releases(devices, version)  # one transaction per batch
+            except DesiredNotPublished as exc:
+                log.warning("%s", exc)
+
+        def confirm(devices: Sequence[str]) -> bool:
+            return self.desired.acknowledged(devices, ROLLOUT_ACK_TIMEOUT_S)
+
+        tick_all(self.store.writer, set_release, utc_now(), confirm=confirm, set_releases=set_releases)
 
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0

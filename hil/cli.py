@@ -28,12 +28,27 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="Seed of the scenario randomness."),
         id_prefix: str = typer.Option("sim", "--id-prefix", help="Device ids look like kiosk-PREFIX-0001."),
         time_scale: float = typer.Option(1.0, "--time-scale", help="Scenario speed-up (60: 1 min/s)."),
+        version: str = typer.Option("0.1.0-sim", "--version", help="Software version the devices run."),
         load_events: int = typer.Option(0, "--load-events", help="Benchmark: extra events per device."),
         load_rate: float = typer.Option(0.0, "--load-rate", help="Benchmark: total events/s (0: flat out)."),
+        ota_fail: float = typer.Option(0.0, "--ota-fail", help="Chance an update fails (ota.failed), 0..1."),
+        ota_rollback: float = typer.Option(
+            0.0, "--ota-rollback", help="Chance an update fails its health gate (ota.rolled_back), 0..1."
+        ),
+        ota_offline: float = typer.Option(
+            0.0, "--ota-offline", help="Chance a device drops off the network mid-update, 0..1."
+        ),
+        ota_seconds: str = typer.Option("5..30", "--ota-seconds", help="Update download time, LOW..HIGH."),
+        ota_offline_seconds: str = typer.Option(
+            "10..60", "--ota-offline-seconds", help="How long a device that drops off stays away, LOW..HIGH."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout at the end."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
-        """Run simulated kiosks and cameras until Ctrl-C or --duration (one loop per 5,000 devices)."""
+        """Run simulated kiosks and cameras until Ctrl-C or --duration (one loop per 5,000 devices).
+
+        They run the update exchange of the real agent on a desired release (ota.* events), with
+        the chances and times given by the --ota-* options, drawn reproducibly from --seed."""
         from hil.runsim import run_sim_command
 
         code = run_sim_command(
@@ -48,8 +63,14 @@ def register(app: typer.Typer) -> None:
                 "seed": seed,
                 "id_prefix": id_prefix,
                 "time_scale": time_scale,
+                "version": version,
                 "load_events": load_events,
                 "load_rate": load_rate,
+                "ota_fail": ota_fail,
+                "ota_rollback": ota_rollback,
+                "ota_offline": ota_offline,
+                "ota_seconds": ota_seconds,
+                "ota_offline_seconds": ota_offline_seconds,
             },
             json_out=json_out,
             quiet=quiet,

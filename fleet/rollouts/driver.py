@@ -21,7 +21,17 @@ from fleet.rollouts.facts import device_facts
 from fleet.rollouts.plan import DeviceFact, Outcome, WaveCount, count_wave, decide, outcome
 
 SetRelease = Callable[[str, str], None]
+SetReleases = Callable[[Sequence[str], str], None]
+"""``set_releases(devices, version)``: ``set_release`` for a batch at once (one transaction)."""
 Facts = Callable[[Sequence[str]], Mapping[str, DeviceFact]]
+Confirm = Callable[[Sequence[str]], bool]
+"""``confirm(devices)``: the broker acknowledged the desired states just set for ``devices``."""
+BATCH = 500
+"""Devices targeted between two confirmations (and marked targeted in one transaction)."""
+
+
+def _confirmed(devices: Sequence[str]) -> bool:
+    return True
 
 
 @dataclass(frozen=True)
@@ -52,13 +62,21 @@ def wave_counts(engine: Engine, rollout: store.Rollout, facts: Facts, now: datet
     return [count_wave(by_wave.get(i, [])) for i in range(top)]
 
 
-def tick(engine: Engine, rollout_id: str, set_release: SetRelease, facts: Facts, now: datetime) -> TickResult:
+def tick(
+    engine: Engine,
+    rollout_id: str,
+    set_release: SetRelease,
+    facts: Facts,
+    now: datetime,
+    confirm: Confirm = _confirmed,
+    set_releases: SetReleases | None = None,
+) -> TickResult:
     rollout = store.load(engine, rollout_id)
     planned = max((w for _, w, _, _ in store.targets(engine, rollout_id)), default=-1) + 1
     started = store.started_waves(engine, rollout_id)
     # finish targeting a wave a killed worker left half done
     if rollout.state == "running" and started:
-        _target(engine, rollout, started - 1, set_release, now)
+        _target(engine, rollout, started - 1, _batched(set_release, set_releases), now, confirm)
     counts = wave_counts(engine, rollout, facts, now)
     if rollout.state != "running":
         return TickResult(rollout.state, started, counts, rollout.reason)
@@ -75,18 +93,41 @@ def tick(engine: Engine, rollout_id: str, set_release: SetRelease, facts: Facts,
         return TickResult("complete", started, counts)
     if decision.action == "start_wave" and decision.wave is not None:
         store.set_wave_settled(engine, rollout_id, None)
-        _target(engine, rollout, decision.wave, set_release, now)
+        _target(engine, rollout, decision.wave, _batched(set_release, set_releases), now, confirm)
         started = decision.wave + 1
         counts = wave_counts(engine, rollout, facts, now)
     return TickResult("running", started, counts, decision.reason)
 
 
+def _batched(set_release: SetRelease, set_releases: SetReleases | None) -> SetReleases:
+    if set_releases is not None:
+        return set_releases
+
+    def each(devices: Sequence[str], version: str) -> None:
+        for device in devices:
+            set_release(device, version)
+
+    return each
+
+
 def _target(
-    engine: Engine, rollout: store.Rollout, wave: int, set_release: SetRelease, now: datetime
+    engine: Engine,
+    rollout: store.Rollout,
+    wave: int,
+    set_releases: SetReleases,
+    now: datetime,
+    confirm: Confirm,
 ) -> None:
-    for device in store.untargeted(engine, rollout.id, wave):
-        set_release(device, rollout.release)
-        store.mark_targeted(engine, rollout.id, [device], now)
+    """Set the release for the wave's untargeted devices, a batch at a time; a batch is marked
+    targeted only once the broker has acknowledged its desired states, so a worker killed (or a
+    broker lost) in between sends them again at the next tick instead of skipping them."""
+    todo = store.untargeted(engine, rollout.id, wave)
+    for start in range(0, len(todo), BATCH):
+        batch = todo[start : start + BATCH]
+        set_releases(batch, rollout.release)
+        if not confirm(batch):
+            return
+        store.mark_targeted(engine, rollout.id, batch, now)
 
 
 def abort(
@@ -110,7 +151,13 @@ def abort(
     return count
 
 
-def tick_all(engine: Engine, set_release: SetRelease, now: datetime) -> dict[str, TickResult]:
+def tick_all(
+    engine: Engine,
+    set_release: SetRelease,
+    now: datetime,
+    confirm: Confirm = _confirmed,
+    set_releases: SetReleases | None = None,
+) -> dict[str, TickResult]:
     """One tick of every running rollout, with facts from the fleet database (what the fleet's
     maintenance thread calls each second; a test calls it once)."""
     results: dict[str, TickResult] = {}
@@ -119,5 +166,5 @@ def tick_all(engine: Engine, set_release: SetRelease, now: datetime) -> dict[str
         def facts(names: Sequence[str], release: str = release) -> Mapping[str, DeviceFact]:
             return device_facts(engine, release, names)
 
-        results[rollout_id] = tick(engine, rollout_id, set_release, facts, now)
+        results[rollout_id] = tick(engine, rollout_id, set_release, facts, now, confirm, set_releases)
     return results

@@ -4,6 +4,7 @@ each targeted device's online state and latest OTA report (``device_ota``, fleet
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Engine, select
@@ -36,15 +37,27 @@ def select_devices(engine: Engine, selector: Selector) -> dict[str, str | None]:
     return {row.id: row.version for row in rows if selector.matches(labels(dict(row._mapping)))}
 
 
+def _moment(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
+
+
 def device_facts(engine: Engine, release: str, names: Sequence[str]) -> dict[str, DeviceFact]:
-    """Each device's online state and its latest OTA report about ``release`` (reports about
-    another release are ignored)."""
+    """Each device's online state (and since when: its latest status), and its latest OTA report
+    about ``release`` (reports about another release are ignored). A device that already runs
+    ``release`` and has no report about it counts as committed (it had nothing to install)."""
     out: dict[str, DeviceFact] = {}
     with engine.connect() as conn:
         for part in chunks(list(names)):
-            online = dict(
-                conn.execute(select(devices.c.id, devices.c.online).where(devices.c.id.in_(part))).all()
-            )
+            state = {
+                row.id: row
+                for row in conn.execute(
+                    select(devices.c.id, devices.c.online, devices.c.status_at, devices.c.version).where(
+                        devices.c.id.in_(part)
+                    )
+                )
+            }
             ota = {
                 row.device: row
                 for row in conn.execute(
@@ -57,9 +70,15 @@ def device_facts(engine: Engine, release: str, names: Sequence[str]) -> dict[str
                 row = ota.get(name)
                 data = row.data if row is not None and isinstance(row.data, Mapping) else {}
                 about = row is not None and data.get("to") == release
+                device = state.get(name)
+                online = bool(device is not None and device.online)
+                kind = row.kind if about and row is not None else None
+                if kind is None and device is not None and device.version == release:
+                    kind = "ota.committed"
                 out[name] = DeviceFact(
-                    online=bool(online.get(name, False)),
-                    ota_kind=row.kind if about and row is not None else None,
+                    online=online,
+                    ota_kind=kind,
                     reason=str(data["reason"]) if about and data.get("reason") else None,
+                    online_since=_moment(device.status_at) if online and device is not None else None,
                 )
     return out

@@ -25,9 +25,8 @@ from typing import Literal
 Outcome = Literal["pending", "offline", "downloading", "committed", "rolled_back", "failed"]
 SETTLED: frozenset[str] = frozenset({"committed", "rolled_back", "failed"})
 FAILED: frozenset[str] = frozenset({"rolled_back", "failed"})
-IN_PROGRESS_KINDS = frozenset(
-    {"ota.downloading", "ota.downloaded", "ota.verifying", "ota.installing", "ota.rebooting"}
-)
+IN_PROGRESS_KINDS = frozenset({"ota.downloading", "ota.verifying", "ota.installing", "ota.restarting"})
+"""The contract's events of an update under way (PROTOCOL.md "Updates (OTA)")."""
 
 
 class RolloutError(ValueError):

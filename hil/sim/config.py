@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from hil.sim.ota import OtaSettings, parse_range
 from protocol.topics import DEFAULT_PREFIX
 
 DEVICES_PER_PROC = 5000
@@ -71,6 +73,51 @@ class SimConfig(BaseModel):
     load_rate: float = Field(
         default=0.0, ge=0, description="Total events/s of the load phase; 0 = as fast as possible."
     )
+
+    ota_fail: float = Field(
+        default=0.0, ge=0, le=1, description="Chance that an update fails before the switch (ota.failed)."
+    )
+    ota_rollback: float = Field(
+        default=0.0, ge=0, le=1, description="Chance that an update fails its health gate (ota.rolled_back)."
+    )
+    ota_offline: float = Field(
+        default=0.0, ge=0, le=1, description="Chance that a device drops off the network during a download."
+    )
+    ota_seconds: tuple[float, float] = Field(
+        default=(5.0, 30.0), description="Download time of an update, LOW..HIGH seconds (drawn per device)."
+    )
+    ota_offline_seconds: tuple[float, float] = Field(
+        default=(10.0, 60.0), description="How long a device dropping off mid-update stays away, LOW..HIGH."
+    )
+
+    @field_validator("ota_seconds", "ota_offline_seconds", mode="before")
+    @classmethod
+    def _range(cls, value: Any) -> Any:
+        return parse_range(value) if isinstance(value, str) else value
+
+    @field_validator("ota_seconds", "ota_offline_seconds")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= value[0] <= value[1]:
+            raise ValueError(f"{value[0]}..{value[1]} must be LOW..HIGH seconds, LOW >= 0")
+        return value
+
+    @field_validator("ota_rollback")
+    @classmethod
+    def _chances(cls, value: float, info: ValidationInfo) -> float:
+        if value + float(info.data.get("ota_fail", 0.0)) > 1.0:
+            raise ValueError("ota_fail + ota_rollback must not exceed 1")
+        return value
+
+    @property
+    def ota(self) -> OtaSettings:
+        return OtaSettings(
+            fail=self.ota_fail,
+            rollback=self.ota_rollback,
+            offline=self.ota_offline,
+            seconds=self.ota_seconds,
+            offline_seconds=self.ota_offline_seconds,
+        )
 
     @field_validator("broker")
     @classmethod

@@ -2,7 +2,8 @@
 
 The link (``hil.sim.link``) decides *when* to send; this module decides *what*: status with a
 boot id, telemetry with a running ``seq``, event envelopes with ULID ids and a per-device ``seq``
-that never goes back, the reported shadow, and answers to commands and desired state.
+that never goes back, the reported shadow, and answers to commands and desired state, including
+the update exchange a desired release starts (``hil.sim.ota``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from ulid import ULID
 
 from hil.sim.commands import CommandBook, CommandFailed, Handler
+from hil.sim.ota import Action, Boot, Emit, GoOffline, OtaSettings, SimOta
 from hil.sim.scenario import TRAFFIC_WINDOW_S, CameraScenario, KioskScenario, Role, Vitals
 from protocol.errors import PayloadError
 from protocol.models import (
@@ -75,12 +77,14 @@ class SimDevice:
         time_scale: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         telemetry_interval_s: float = 30.0,
+        ota: OtaSettings | None = None,
+        seed: int | str = 0,
     ) -> None:
         self.id = device_id
         self.role = role
         self.topics = topics
         self.rng = rng
-        self.version = version
+        self.ota = SimOta(ota or OtaSettings(), seed, device_id, version)
         self.time_scale = time_scale
         self.clock = clock
         self.boot_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
@@ -101,6 +105,11 @@ class SimDevice:
         self.scenario.start(0.0)
         self.commands = CommandBook(self._handlers())
         self._after_command: list[Outgoing] = []
+
+    @property
+    def version(self) -> str:
+        """The version the device runs (changes when an update commits or rolls back)."""
+        return self.ota.running
 
     # -- messages -----------------------------------------------------------------------------
 
@@ -130,13 +139,16 @@ class SimDevice:
         return self._out(self.topics.event(self.id, kind), env, 1, False, "events")
 
     def shadow_reported(self) -> Outgoing:
-        msg = ShadowReported(
-            ts=now_ts(),
-            config_version=self.config_version,
-            software={"agent": self.version, "role": self.role, "simulated": True},
-            peripherals=_PERIPHERALS[self.role],
-            local_overrides=self.local_overrides,
-            local_revision=self.local_revision,
+        msg = ShadowReported.model_validate(
+            {
+                "ts": now_ts(),
+                "config_version": self.config_version,
+                "software": {"agent": self.version, "role": self.role, "simulated": True},
+                "peripherals": _PERIPHERALS[self.role],
+                "local_overrides": self.local_overrides,
+                "local_revision": self.local_revision,
+                "release": self.ota.desired,
+            }
         )
         return self._out(self.topics.shadow_reported(self.id), msg, 1, True, "shadow")
 
@@ -183,7 +195,40 @@ class SimDevice:
         self.config = dict(desired.config)
         self.config_version = desired.version
         self.log(f"applied desired config version {desired.version}")
-        return [self.shadow_reported()]
+        started, _ = self._ota_out(self.ota.on_release(desired.release, self.clock()))
+        return [self.shadow_reported(), *started]
+
+    # -- updates ------------------------------------------------------------------------------
+
+    def ota_next_in(self) -> float | None:
+        """Real seconds until the update in progress takes its next step; None without one."""
+        return self.ota.next_in(self.clock())
+
+    def ota_due(self) -> tuple[list[Outgoing], float | None]:
+        """What the update in progress sends now, and for how long the device then drops off the
+        network (None: it stays online)."""
+        now = self.clock()
+        actions = self.ota.due(now)
+        if actions and not self.ota.busy:
+            actions += self.ota.settle(now)
+        return self._ota_out(actions)
+
+    def _ota_out(self, actions: list[Action]) -> tuple[list[Outgoing], float | None]:
+        outs: list[Outgoing] = []
+        offline: float | None = None
+        for action in actions:
+            if isinstance(action, Emit):
+                self.log(f"{action.kind} {action.data.get('to')}")
+                outs.append(self.event(action.kind, action.data))
+            elif isinstance(action, Boot):
+                self.log(f"restarting into {action.version}")
+                self.boot_id = str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
+                self.booted = self.clock()
+                outs += [self.status(True), self.shadow_reported()]
+            elif isinstance(action, GoOffline):
+                self.log(f"dropping off the network for {action.seconds:.0f} s mid-update")
+                offline = action.seconds
+        return outs, offline
 
     def log(self, line: str) -> None:
         self.logs.append(f"{now_ts()} {self.id}: {line}")
@@ -253,4 +298,13 @@ class SimDevice:
         return {"simulated": True, "width": 1920, "height": 1080, "taken_at": now_ts()}
 
     def _update(self, command: Command) -> dict[str, Any]:
-        return {"simulated": True, "updated": False, "reason": "simulated devices have nothing to install"}
+        """As the agent's ``update``: evaluate the desired release now, even one that failed before."""
+        outs, _ = self._ota_out(self.ota.on_release(self.ota.desired, self.clock(), forced=True))
+        self._after_command.extend(outs)
+        target = self.ota.target
+        return {
+            "simulated": True,
+            "started": self.ota.busy,
+            "running": self.version,
+            "to": None if target is None else target.get("version"),
+        }

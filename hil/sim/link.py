@@ -48,6 +48,14 @@ class Backoff:
         self.attempt = 0
 
 
+class WentOffline(Exception):
+    """The device drops off the network for ``seconds`` (mid-update) and comes back after."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"offline for {seconds:.1f} s")
+        self.seconds = seconds
+
+
 class DeviceLink:
     """Keeps one simulated device connected until ``stop`` is set."""
 
@@ -71,6 +79,7 @@ class DeviceLink:
         self._flush_lock = asyncio.Lock()
         self._had_session = False
         self._backoff = Backoff(cfg.reconnect_min_s, cfg.reconnect_max_s, device.rng)
+        self._ota_wake = asyncio.Event()
         t = device.topics
         self._cmd_topic = t.commands_req(device.id)
         self._desired_topic = t.shadow_desired(device.id)
@@ -123,6 +132,7 @@ class DeviceLink:
             self.stats.reconnects += 1
         self._had_session = True
         counted = False
+        away: float | None = None
         try:
             subs = [(self._cmd_topic, 1), (self._desired_topic, 1)]
             await client.subscribe(subs, timeout=ANNOUNCE_TIMEOUT_S)
@@ -135,17 +145,21 @@ class DeviceLink:
             await self._session(client)
         except aiomqtt.MqttError as exc:
             self.device.log(f"connection lost: {exc}")
+        except WentOffline as exc:
+            away = exc.seconds
+            self.stats.ota_offline += 1
         finally:
             if counted:
                 self.stats.on_disconnected()
-            await self._close(client)
+            await self._close(client, goodbye=away is not None)
         if not self.stop.is_set():
-            await self._sleep(self._backoff.next())
+            await self._sleep(self._backoff.next() if away is None else away)
 
-    async def _close(self, client: aiomqtt.Client) -> None:
-        """Say goodbye (offline status) when stopping; release the connection either way."""
+    async def _close(self, client: aiomqtt.Client, goodbye: bool = False) -> None:
+        """Say goodbye (offline status, as the last will would) when stopping or dropping off;
+        release the connection either way."""
         with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
-            if self.stop.is_set():
+            if self.stop.is_set() or goodbye:
                 await self._send(client, self.device.status(False), GOODBYE_TIMEOUT_S)
             await asyncio.wait_for(client.__aexit__(None, None, None), GOODBYE_TIMEOUT_S)
         _drop_socket(client)
@@ -155,6 +169,7 @@ class DeviceLink:
         stopped = asyncio.ensure_future(self.stop.wait())
         receive = asyncio.ensure_future(self._receive(client))
         pending = {stopped, receive, asyncio.ensure_future(self._activity(client))}
+        pending.add(asyncio.ensure_future(self._updates(client)))
         if self.load_left > 0:
             pending.add(asyncio.ensure_future(self._load(client)))
         try:
@@ -210,6 +225,29 @@ class DeviceLink:
             wait = min(next_telemetry - loop.time(), self.device.next_event_in())
             await asyncio.sleep(max(0.01, wait))
 
+    async def _updates(self, client: aiomqtt.Client) -> None:
+        """Take the steps of an update in progress when they are due (woken by a new desired
+        state or command); raises WentOffline when the device drops off mid-update."""
+        device = self.device
+        while True:
+            wait = device.ota_next_in()
+            if wait is None or wait > 0:
+                self._ota_wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._ota_wake.wait(), wait)
+                continue
+            outs, away = device.ota_due()
+            self._queue(outs)
+            await self._flush(client)
+            if away is not None:
+                raise WentOffline(away)
+
+    def _queue(self, outs: list[Outgoing]) -> None:
+        for out in outs:
+            if out.family == "events" and "/events/ota." in out.topic:
+                self.stats.ota[out.topic.rsplit("/", 1)[1]] += 1
+        self.outbox.extend(outs)
+
     async def _load(self, client: aiomqtt.Client) -> None:
         """Benchmark load: extra events once every device is connected."""
         await self.load_go.wait()
@@ -240,9 +278,17 @@ class DeviceLink:
                 log.exception("%s: handler failed for a message on %s", self.device.id, topic)
                 continue
             for out in outs:
+                if out.family == "events":  # update events go through the outbox, in order
+                    self._queue([out])
+                    continue
                 await self._send(client, out)
                 if out.family == "commands":
                     self.stats.commands_answered += 1
+            if self.outbox:
+                await self._flush(client)
+            if topic == self._desired_topic:
+                self.stats.desired_received += 1
+            self._ota_wake.set()
 
     def _client(self) -> aiomqtt.Client:
         dev, cfg = self.device, self.cfg

@@ -32,6 +32,8 @@ SUMMED = (
     "handler_errors",
     "ever_connected",
     "events_unacked",
+    "desired_received",
+    "ota_offline",
 )
 """Snapshot fields that add up over worker processes (the peak is the sum of the workers' peaks)."""
 
@@ -49,12 +51,15 @@ class SimStats:
     commands_answered: int = 0
     handler_errors: int = 0
     events_unacked: int = 0
+    desired_received: int = 0
+    ota_offline: int = 0
     ramp_s: float | None = None
     last_error: str = ""
     load_started: float | None = None
     load_finished: float | None = None
     sent: Counter[str] = field(default_factory=Counter)
     published: Counter[str] = field(default_factory=Counter)
+    ota: Counter[str] = field(default_factory=Counter)
     ever_connected: set[str] = field(default_factory=set)
     all_connected: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -86,6 +91,7 @@ class SimStats:
             last_error=self.last_error,
             sent=dict(self.sent),
             published=dict(self.published),
+            ota=dict(self.ota),
         )
         return snap
 
@@ -99,9 +105,11 @@ def merge_snapshots(snaps: Iterable[dict[str, Any]], started: float) -> dict[str
     merged: dict[str, Any] = {name: sum(int(s[name]) for s in parts) for name in SUMMED}
     sent: Counter[str] = Counter()
     published: Counter[str] = Counter()
+    ota: Counter[str] = Counter()
     for s in parts:
         sent.update(s["sent"])
         published.update(s["published"])
+        ota.update(s["ota"])
     ramps = [s["ramp_at"] for s in parts]
     load_starts = [s["load_started"] for s in parts]
     load_ends = [s["load_finished"] for s in parts]
@@ -113,6 +121,7 @@ def merge_snapshots(snaps: Iterable[dict[str, Any]], started: float) -> dict[str
         last_error=next((s["last_error"] for s in parts if s["last_error"]), ""),
         sent=dict(sent),
         published=dict(published),
+        ota=dict(ota),
     )
     return merged
 
@@ -145,6 +154,9 @@ def summarize(snap: dict[str, Any], now: float | None = None) -> dict[str, Any]:
         "failed_attempts": snap["failed_attempts"],
         "connect_timeouts": snap["connect_timeouts"],
         "handler_errors": snap["handler_errors"],
+        "desired_received": snap["desired_received"],
+        "ota": dict(sorted(snap["ota"].items())),
+        "ota_offline": snap["ota_offline"],
         "last_error": snap["last_error"] or None,
         "load_s": load_s,
         "duration_s": round(now - snap["started"], 3),

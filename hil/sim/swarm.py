@@ -49,6 +49,8 @@ def build_devices(cfg: SimConfig, assigned: Sequence[tuple[str, Role]] | None = 
             version=cfg.version,
             time_scale=cfg.time_scale,
             telemetry_interval_s=cfg.telemetry_interval_s,
+            ota=cfg.ota,
+            seed=cfg.seed,
         )
         for device_id, role in (device_ids(cfg) if assigned is None else assigned)
     ]

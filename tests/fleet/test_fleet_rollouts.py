@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import httpx
@@ -113,3 +114,50 @@ def test_rollout_cli(
         assert "aborted" in cli("rollout", "abort", rid, "--api", url).output
         listing = json.loads(cli("rollout", "status", "--json", "--api", url).output)
         assert [r["id"] for r in listing] == [rid]
+
+
+def test_two_workers_targeting_one_device_bump_its_desired_version_once(
+    make_fleet: FleetFactory, make_device: MakeDevice
+) -> None:
+    first, second = make_fleet(), make_fleet()
+    make_device("cam-twice", role="camera", version="1.0.0").connect()
+    wait_for(lambda: first.store.device("cam-twice") is not None, what="device known")
+    results: list[Any] = []
+    workers = [
+        threading.Thread(target=lambda s=s: results.append(s.desired.ensure_release("cam-twice", "1.1.0")))
+        for s in (first, second) * 3
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    changed = [r for r in results if r is not None]
+    assert len(results) == 6 and len(changed) == 1
+    stored = first.desired.get("cam-twice") or {}
+    assert stored["version"] == changed[0]["version"] == 1 and stored["release"]["version"] == "1.1.0"
+    assert second.desired.ensure_release("cam-twice", "1.2.0") is not None  # another release: changed
+
+
+def test_a_batch_of_devices_gets_the_release_in_one_go_and_only_once(
+    make_fleet: FleetFactory, make_device: MakeDevice
+) -> None:
+    first, second = make_fleet(), make_fleet()
+    names = [f"cam-batch-{i}" for i in range(6)]
+    for name in names:
+        make_device(name, role="camera", version="1.0.0").connect()
+    make_device("cam-newer", role="camera", version="9.0.0").connect()
+    wait_for(lambda: len(first.store.devices()) == 7, what="devices known")
+    first.desired.ensure_release(names[0], "1.1.0")
+    counts: list[int] = []
+    batch = [*names, "cam-newer", "cam-unknown"]
+    workers = [threading.Thread(target=lambda s=s: counts.append(s.desired.ensure_releases(batch, "1.1.0")))
+               for s in (first, second)]  # fmt: skip
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert sorted(counts) == [0, 5]  # one worker changed the five that lacked it, the other none
+    for name in names:
+        stored = first.desired.get(name) or {}
+        assert stored["version"] == 1 and stored["release"]["version"] == "1.1.0"
+    assert first.desired.get("cam-newer") is None  # 9.0.0 would refuse 1.1.0: left out

@@ -116,3 +116,22 @@ def test_pause_and_abort_restore_previous_release(tmp_path: Path) -> None:
     assert abort(engine, "r1", fleet.set_release, fleet.clear_release) == 1
     assert set(fleet.release.values()) == {"1.0.0"}
     assert store.load(engine, "r1").state == "aborted"
+
+
+def test_devices_count_targeted_only_once_the_broker_acknowledged_their_desired_state(tmp_path: Path) -> None:
+    engine = _engine(tmp_path)
+    fleet = Fleet(20, failing=set())
+    policy = Policy(waves=(0.5, 1.0), min_executed=5, soak_s=0.0, deadline_s=30.0)
+    store.create_rollout(engine, "r1", "1.1.0", "", policy, dict.fromkeys(fleet.devices, "1.0.0"), T0)
+    asked: list[list[str]] = []
+
+    def broker_down(devices: Sequence[str]) -> bool:
+        asked.append(list(devices))
+        return False
+
+    tick(engine, "r1", fleet.set_release, fleet.facts, T0, broker_down)
+    assert len(asked) == 1 and len(asked[0]) == 10 and store.started_waves(engine, "r1") == 0
+    assert store.untargeted(engine, "r1", 0) == sorted(asked[0])
+    # the broker is back: the same devices are sent again and only now count as targeted
+    tick(engine, "r1", fleet.set_release, fleet.facts, T0 + timedelta(seconds=1))
+    assert fleet.sets.count(asked[0][0]) == 2 and store.untargeted(engine, "r1", 0) == []

@@ -8,7 +8,7 @@ from pathlib import Path
 from fleet.db import create_schema, devices, make_engine
 from fleet.otastate import record_ota
 from fleet.rollouts.facts import device_facts, select_devices
-from fleet.rollouts.plan import Selector
+from fleet.rollouts.plan import Selector, outcome
 
 T0 = datetime(2026, 12, 5, 6, 0, tzinfo=timezone.utc)
 
@@ -108,3 +108,30 @@ def test_tick_all_reads_reports_from_the_database(tmp_path: Path) -> None:
     later = T0 + timedelta(seconds=1)
     assert tick_all(engine, lambda device, _version: sent.append(device), later)["r1"].started_waves == 2
     assert sorted(sent) == names
+
+
+def test_facts_say_since_when_a_device_is_online_and_count_one_running_the_release(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'fleet.db'}")
+    create_schema(engine)
+    back = T0 + timedelta(hours=2)
+    with engine.begin() as conn:
+        conn.execute(
+            devices.insert(),
+            [
+                {"id": n, "version": v, "online": o, "status_at": at, "first_seen": T0, "last_seen": T0}
+                for n, v, o, at in (
+                    ("cam-back", "1.0.0", True, back),
+                    ("cam-away", "1.0.0", False, back),
+                    ("cam-done", "1.1.0", True, T0),
+                )
+            ],
+        )
+    facts = device_facts(engine, "1.1.0", ["cam-back", "cam-away", "cam-done"])
+    assert facts["cam-back"].online_since == back.timestamp() and facts["cam-back"].ota_kind is None
+    assert facts["cam-away"].online_since is None
+    assert facts["cam-done"].ota_kind == "ota.committed"
+    # a device that comes back long after it was targeted gets the whole deadline from then on
+    assert outcome(facts["cam-back"], T0.timestamp(), back.timestamp() + 60, deadline_s=600) == "pending"
+    assert outcome(facts["cam-back"], T0.timestamp(), back.timestamp() + 601, deadline_s=600) == "failed"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet_process import FleetProcess
 from sim_helpers import Observer, SimThread
 
 from fleet.broker import MosquittoBroker
@@ -41,3 +43,13 @@ def sim_factory(broker: MosquittoBroker) -> Iterator[Callable[..., SimThread]]:
     yield make
     for runner in made:
         runner.stop()
+
+
+@pytest.fixture
+def fleet_process(broker: MosquittoBroker, tmp_path: Path) -> Iterator[FleetProcess]:
+    """``cityedge fleet serve`` as a process on the test broker (SQLite), not yet started."""
+    proc = FleetProcess(broker, tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()

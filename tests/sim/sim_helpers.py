@@ -15,6 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from fleet.broker import MosquittoBroker
 from hil.sim.config import SimConfig
+from hil.sim.device import SimDevice
 from hil.sim.stats import SimStats
 from hil.sim.swarm import Simulator
 
@@ -56,6 +57,11 @@ class SimThread:
     def stats(self) -> SimStats:
         assert self.sim is not None
         return self.sim.stats
+
+    @property
+    def devices(self) -> list[SimDevice]:
+        assert self.sim is not None
+        return self.sim.devices
 
     def wait_connected(self, count: int | None = None, timeout: float = 30.0) -> None:
         want = self.cfg.devices if count is None else count

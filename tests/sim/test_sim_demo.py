@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -118,6 +119,7 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
             lambda: _board_firmware(base, token, "gw-demo-0001").endswith("+demo"), 60, "new board firmware"
         )
         _technician_path(out.text, base, token, tmp_path / "demo")
+        _rollout_path(out.text)
         family = psutil.Process(proc.pid).children(recursive=True)
         assert len(family) >= 5  # mosquitto, fleet, two agents, simulator
 
@@ -220,6 +222,25 @@ def _technician_path(text: str, base: str, token: str, demo_dir: Path) -> None:
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
     finally:
         stop_agent(DeviceFiles(device_dir))
+
+
+def _rollout_path(text: str) -> None:
+    """The printed rollout over the simulated devices starts, and its first wave is targeted."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("Roll 0.1.1 out over the simulated"))
+    start, status = (shlex.split(line) for line in lines[at + 1 : at + 3])
+    assert start[:3] == ["cityedge", "rollout", "start"] and status[:3] == ["cityedge", "rollout", "status"]
+    done = subprocess.run([CLI, *start[1:], "--json"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rollout = json.loads(done.stdout)
+    assert rollout["planned"] == 4 and rollout["selector"] == "id=*-sim-*", rollout
+
+    def targeted() -> bool:
+        shown = subprocess.run([CLI, *status[1:], "--json"], capture_output=True, text=True, timeout=60)
+        waves = json.loads(shown.stdout)[0]["waves"] if shown.returncode == 0 else []
+        return bool(waves) and waves[0]["targeted"] >= 1
+
+    wait_until(targeted, 30, "the rollout's first wave targeted")
 
 
 def _has_event(base: str, token: str, device: str, kind: str) -> bool:
