@@ -144,6 +144,16 @@ def serve_cmd(
             "--insecure", help="Allow plain HTTP on a non-loopback address (behind a TLS proxy only)."
         ),
     ] = False,
+    rollout_backend: Annotated[
+        str, typer.Option("--rollout-backend", help="ota (our updater) or balena (balenaOS devices).")
+    ] = "ota",
+    balena_fleet: Annotated[
+        str | None, typer.Option("--balena-fleet", help="balenaCloud fleet slug (--rollout-backend balena).")
+    ] = None,
+    balena_host: Annotated[str, typer.Option("--balena-host", help="balena API host.")] = "balena-cloud.com",
+    balena_token_file: Annotated[
+        Path | None, typer.Option("--balena-token-file", help="File holding the balena API key.")
+    ] = None,
 ) -> None:
     """Run a fleet worker: ingest from the broker, store, serve the API and dashboard."""
     from pydantic import ValidationError
@@ -179,6 +189,10 @@ def serve_cmd(
             "pki_db_url": pki_db,
             "broker_dir": broker_dir,
             "broker_reload": broker_reload,
+            "rollout_backend": rollout_backend,
+            "balena_fleet": balena_fleet,
+            "balena_host": balena_host,
+            "balena_token_file": balena_token_file,
         }
         if worker_id is not None:
             settings["worker_id"] = worker_id

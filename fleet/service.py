@@ -22,6 +22,7 @@ from fleet.devicekeys import build_intake, open_inventory
 from fleet.inbound import Received
 from fleet.ingest import MqttLink, sync_retained
 from fleet.procwriter import ProcessWriter
+from fleet.rollouts.backend import RolloutBackend, build_backend
 from fleet.rpc import RpcDispatcher, RpcRegistry, default_registry
 from fleet.stats import IngestStats
 from fleet.store import Store
@@ -101,6 +102,7 @@ class FleetService:
             on_issued=self.stats.on_command,
         )
         self.desired = DesiredService(self.store, self.publish, self.signer, self.topics)
+        self.rollout_backend: RolloutBackend = build_backend(config, self.store.writer, self.desired)
         self._revocations: dict[str, tuple[datetime, str | None]] | None = None
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -195,10 +197,7 @@ class FleetService:
         """Advance every running staged rollout by one tick (fleet/rollouts)."""
         from fleet.rollouts.driver import tick_all
 
-        def set_release(device: str, version: str) -> None:
-            self.desired.set_release(device, version)
-
-        tick_all(self.store.writer, set_release, utc_now())
+        tick_all(self.store.writer, self.rollout_backend, utc_now())
 
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0
