@@ -142,10 +142,12 @@ def rollout_router() -> APIRouter:
 
     def _move(request: Request, rollout_id: str, allowed: tuple[str, ...], state: str) -> Any:
         engine = request.app.state.fleet.store.writer
-        current = status_of(request, rollout_id)["state"]
-        if current not in allowed:
-            raise HTTPException(409, f"rollout {rollout_id} is {current}; cannot set it {state}")
-        store.set_state(engine, rollout_id, state)
+        try:
+            store.move(engine, rollout_id, allowed, state)
+        except store.RolloutNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except RolloutError as exc:
+            raise HTTPException(409, str(exc)) from exc
         return status_of(request, rollout_id)
 
     @router.post(

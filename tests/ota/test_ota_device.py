@@ -198,6 +198,8 @@ def test_downgrade_refused_and_update_lock_defers_until_released(
         30,
         "the lock to defer the update",
     )
+    waiting = probe.wait_event("ota.waiting", lambda d: d["to"] == "1.1.0", timeout=30)
+    assert "kiosk-session" in waiting["data"]["reason"] and waiting["data"]["code"] == "deferred"
     assert device.wait_running()["version"] == "1.0.0"
     api.call("ota_unlock", owner="kiosk-session")
     device.wait_version("1.1.0")
