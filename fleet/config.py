@@ -180,6 +180,11 @@ class FleetConfig(BaseModel):
     balena_token_file: Path | None = Field(
         default=None, description="File holding the balena API key (never on the command line)."
     )
+    balena_poll_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Read balena device status at most this often per rollout (API rate limits).",
+    )
 
     @model_validator(mode="after")
     def _balena(self) -> FleetConfig:

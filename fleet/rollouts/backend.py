@@ -80,5 +80,5 @@ def build_backend(config: FleetConfig, engine: Engine, desired: DesiredService) 
     if config.rollout_backend == "balena":
         from fleet.rollouts.balena import BalenaBackend, load_balena
 
-        return BalenaBackend(load_balena(config), config.balena_fleet or "")
+        return BalenaBackend(load_balena(config), config.balena_fleet or "", poll_s=config.balena_poll_s)
     return OtaBackend(engine, desired)

@@ -12,10 +12,11 @@ run as for our own devices; only the four backend operations differ:
   by its version (balena ``raw_version`` in the fleet) or by its full commit hash.
 - ``restore`` (abort): pin back to the previous release, or ``track_application_release`` when the
   device followed the fleet.
-- ``facts``: one ``device.get_all`` per 50 devices; a device's state becomes a ``DeviceFact``:
-  running the release and ``operational`` -> committed; ``updating`` (or a download progress)
-  -> in progress; running the release with ``reduced-functionality`` -> in progress with that
-  reason (it fails at the deadline unless it recovers); heartbeat not ``online`` -> offline.
+- ``facts``: one ``device.get_all`` per 50 devices, at most every ``poll_s``; a device's state
+  becomes a ``DeviceFact``: running the release and ``operational`` -> committed; ``updating``
+  (or a download progress) -> in progress; running the release with ``reduced-functionality``
+  -> in progress with that reason (it fails at the deadline unless it recovers); heartbeat not
+  ``online`` -> offline.
   balenaOS has no application rollback, so this backend never reports "rolled back"; an update
   the supervisor gives up on shows as a device that never reaches the release (failed at the
   deadline). See docs/balena.md for what was checked against the real service and what was not.
@@ -24,7 +25,9 @@ run as for our own devices; only the four backend operations differ:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from fleet.rollouts.plan import DeviceFact, RolloutError, Selector
@@ -101,10 +104,16 @@ class BalenaBackend:
 
     name = "balena"
 
-    def __init__(self, sdk: Any, fleet: str) -> None:
+    def __init__(
+        self, sdk: Any, fleet: str, *, poll_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.sdk = sdk
         self.fleet = fleet
+        self.poll_s = poll_s
+        self.clock = clock
         self._commits: dict[str, str] = {}
+        self._facts: dict[str, tuple[float, dict[str, DeviceFact]]] = {}
+        self._lock = threading.Lock()  # the maintenance thread and the API's threads share it
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         from balena.exceptions import BalenaException
@@ -169,11 +178,30 @@ class BalenaBackend:
             self._call(f"un-pinning {device}", self.sdk.models.device.track_application_release, device)
 
     def facts(self, release: str, devices: Sequence[str]) -> Mapping[str, DeviceFact]:
-        commit = self.commit_of(release)
+        """Device status, read at most every ``poll_s`` per release (the driver asks each second,
+        and pages ask too: balenaCloud limits the request rate); devices not read yet (a new
+        wave) are read at once. A device balenaCloud no longer lists is missing from the answer
+        (the driver counts it offline)."""
         names = list(devices)
+        with self._lock:
+            now = self.clock()
+            kept = self._facts.get(release)
+            if kept is None or now - kept[0] >= self.poll_s:
+                kept = (now, {})
+                self._facts[release] = kept
+            known = kept[1]
+            missing = [d for d in names if d not in known]
+        if missing:
+            fetched = self._fetch(self.commit_of(release), missing)
+            with self._lock:
+                known.update(fetched)
+        with self._lock:
+            return {d: known[d] for d in names if d in known}
+
+    def _fetch(self, commit: str, names: Sequence[str]) -> dict[str, DeviceFact]:
         out: dict[str, DeviceFact] = {}
         for start in range(0, len(names), CHUNK):
-            part = names[start : start + CHUNK]
+            part = list(names[start : start + CHUNK])
             options = {
                 "$select": [
                     "uuid",

@@ -48,7 +48,7 @@ def token_file(tmp_path: Path) -> Path:
 
 def backend_for(token_file: Path) -> BalenaBackend:
     config = FleetConfig(rollout_backend="balena", balena_fleet=SLUG, balena_token_file=token_file)
-    return BalenaBackend(load_balena(config), SLUG)
+    return BalenaBackend(load_balena(config), SLUG, poll_s=0.0)
 
 
 def kiosk_fleet(cloud: BalenaCloud, n: int) -> tuple[Release, Release, Release]:
@@ -88,6 +88,23 @@ def test_device_status_becomes_the_same_facts_as_our_ota_reports() -> None:
     gone = {**on_old, "api_heartbeat_state": "timeout", "overall_status": "disconnected"}
     assert device_fact(gone, "c" * 32).online is False
     assert device_fact({"is_online": True, "is_running__release": []}, "c" * 32).online is True
+
+
+def test_status_is_read_at_most_every_poll_period(cloud: BalenaCloud, token_file: Path) -> None:
+    kiosk_fleet(cloud, 3)
+    now = [0.0]
+    config = FleetConfig(rollout_backend="balena", balena_fleet=SLUG, balena_token_file=token_file)
+    backend = BalenaBackend(load_balena(config), SLUG, poll_s=30.0, clock=lambda: now[0])
+    first, second = cloud.devices[0].uuid, cloud.devices[1].uuid
+    backend.set_release(first, "1.1.0")
+    assert backend.facts("1.1.0", [first])[first].ota_kind == "ota.downloading"
+    reads = sum(1 for r in cloud.requests if r.method == "GET" and "uuid in" in r.query)
+    cloud.settle(first)
+    assert backend.facts("1.1.0", [first])[first].ota_kind == "ota.downloading"  # kept
+    assert backend.facts("1.1.0", [first, second])[second].ota_kind is None  # a new device: read now
+    now[0] = 30.0
+    assert backend.facts("1.1.0", [first, second])[first].ota_kind == "ota.committed"
+    assert sum(1 for r in cloud.requests if r.method == "GET" and "uuid in" in r.query) == reads + 2
 
 
 def run(engine: Engine, backend: BalenaBackend, start: datetime, limit: int = 20) -> tuple[str, datetime]:
