@@ -154,6 +154,9 @@ def serve_cmd(
     balena_token_file: Annotated[
         Path | None, typer.Option("--balena-token-file", help="File holding the balena API key.")
     ] = None,
+    balena_poll: Annotated[
+        float, typer.Option("--balena-poll", help="Seconds between reads of balena device status.")
+    ] = 30.0,
 ) -> None:
     """Run a fleet worker: ingest from the broker, store, serve the API and dashboard."""
     from pydantic import ValidationError
@@ -193,6 +196,7 @@ def serve_cmd(
             "balena_fleet": balena_fleet,
             "balena_host": balena_host,
             "balena_token_file": balena_token_file,
+            "balena_poll_s": balena_poll,
         }
         if worker_id is not None:
             settings["worker_id"] = worker_id

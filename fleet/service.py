@@ -3,7 +3,8 @@
 This is the supervisor boundary: ``start`` brings the parts up in order, a maintenance thread
 expires commands, re-signs desired states, copies device revocations from the PKI inventory into
 the registry, re-signs the CRL before it goes stale (``fleet.crlkeeper``) and logs the ingest
-rate; ``stop`` drains and commits before disconnecting.
+rate; a rollout thread advances staged rollouts through the fleet's backend
+(``rollout_backend``); ``stop`` drains and commits before disconnecting.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class FleetService:
             raise
         self._spawn("fleet-maintenance", self._maintain)
         self._spawn("fleet-alerts", self._evaluate_alerts)
+        self._spawn("fleet-rollouts", self._advance_rollouts)
         if self.config.retained_sync_s > 0:
             self._spawn("fleet-retained-sync", self._sync)
         self.started = True
@@ -193,11 +195,17 @@ class FleetService:
             except Exception as exc:  # supervisor boundary: retried at the next interval
                 log.warning("could not evaluate alerts: %s", exc)
 
-    def _rollouts(self) -> None:
-        """Advance every running staged rollout by one tick (fleet/rollouts)."""
+    def _advance_rollouts(self) -> None:
+        """Advance every running staged rollout each second (fleet/rollouts), in a thread of its
+        own: a backend that talks to a remote service (balenaCloud) cannot hold up the
+        maintenance thread's expiry and re-signing."""
         from fleet.rollouts.driver import tick_all
 
-        tick_all(self.store.writer, self.rollout_backend, utc_now())
+        while not self._stop.wait(1.0):
+            try:
+                tick_all(self.store.writer, self.rollout_backend, utc_now())
+            except Exception as exc:  # supervisor boundary: retried next second
+                log.warning("could not advance rollouts: %s", exc)
 
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0
@@ -221,10 +229,6 @@ class FleetService:
                 self.desired.tick()
             except Exception as exc:  # supervisor boundary: retried next second
                 log.warning("could not re-sign desired states: %s", exc)
-            try:
-                self._rollouts()
-            except Exception as exc:  # supervisor boundary: retried next second
-                log.warning("could not advance rollouts: %s", exc)
             if time.monotonic() - last_log >= 10.0:
                 total = self.stats.committed
                 if total != last_total:

@@ -113,7 +113,7 @@ class BalenaBackend:
         self.clock = clock
         self._commits: dict[str, str] = {}
         self._facts: dict[str, tuple[float, dict[str, DeviceFact]]] = {}
-        self._lock = threading.Lock()  # the maintenance thread and the API's threads share it
+        self._lock = threading.Lock()  # the rollout thread and the API's threads share it
 
     def _call(self, what: str, fn: Any, *args: Any) -> Any:
         from balena.exceptions import BalenaException

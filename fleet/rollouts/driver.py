@@ -10,6 +10,7 @@ that one idempotent desired state and never skips a device.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,6 +23,7 @@ from fleet.rollouts.plan import (
     FAILED,
     DeviceFact,
     Outcome,
+    RolloutError,
     WaveCount,
     count_wave,
     decide,
@@ -149,20 +151,27 @@ def abort(
     reason: str = "aborted by operator",
 ) -> int:
     """Abort: every targeted device gets back what it had (``restore(device, previous)``: its
-    previous release, or previous pin on balena). Returns how many."""
-    store.set_state(engine, rollout_id, "aborted", reason)
+    previous release, or previous pin on balena). Returns how many.
+
+    A running rollout is paused first (no wave starts meanwhile) and marked aborted only once every
+    device was restored: when ``restore`` raises (a backend that cannot be reached), the rollout
+    stays paused or halted, and abort can be asked again (restoring twice is harmless)."""
+    if store.load(engine, rollout_id).state == "running":
+        with contextlib.suppress(RolloutError):  # halted or paused meanwhile: fine as well
+            store.move(engine, rollout_id, ("running",), "paused")
     count = 0
     for device, _wave, previous, targeted_at in store.targets(engine, rollout_id):
         if targeted_at is None:
             continue
         restore(device, previous)
         count += 1
+    store.set_state(engine, rollout_id, "aborted", reason)
     return count
 
 
 def tick_all(engine: Engine, backend: RolloutBackend, now: datetime) -> dict[str, TickResult]:
     """One tick of every running rollout through the fleet's backend (what the fleet's
-    maintenance thread calls each second; a test calls it once)."""
+    rollout thread calls each second; a test calls it once)."""
     results: dict[str, TickResult] = {}
     for rollout_id, release in store.running(engine):
 

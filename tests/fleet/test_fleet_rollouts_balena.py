@@ -207,13 +207,19 @@ def test_fleet_worker_on_balena_runs_a_rollout_from_its_api(
         wait_for(
             lambda: sum(1 for d in cloud.devices if d.pinned == new.id) == 2,
             timeout=30,
-            what="the maintenance thread pinning the first wave",
+            what="the rollout thread pinning the first wave",
         )
         rid = started.json()["id"]
         status = httpx.get(f"{url}/api/rollouts/{rid}", headers=admin_headers(fleet), timeout=30).json()
         assert status["waves"][0]["counts"] == {"downloading": 2}
         page = httpx.get(f"{url}/rollouts/{rid}", headers=admin_headers(fleet), timeout=30)
         assert "balenaOS (release pinning)" in page.text
-        aborted = httpx.post(f"{url}/api/rollouts/{rid}/abort", headers=admin_headers(fleet), timeout=30)
+        abort_url = f"{url}/api/rollouts/{rid}/abort"
+        cloud.refuse = 503  # balenaCloud down: nothing is marked aborted, the abort can be asked again
+        refused = httpx.post(abort_url, headers=admin_headers(fleet), timeout=30)
+        assert refused.status_code == 502 and "balena" in refused.json()["detail"]
+        assert store.load(fleet.store.writer, rid).state == "paused"
+        cloud.refuse = None
+        aborted = httpx.post(abort_url, headers=admin_headers(fleet), timeout=30)
         assert aborted.json()["state"] == "aborted"
         assert all(d.pinned != new.id for d in cloud.devices)

@@ -108,7 +108,7 @@ def test_halted_rollout_shows_waves_and_reason_and_aborts_from_the_page(
     report(devices[wave[5]], "ota.rolled_back", reason="health check failed: camera pipeline did not start")
     report(devices[wave[6]], "ota.failed", reason="not enough disk space for the update", code="disk_full")
 
-    # the list, then the page of the rollout; the maintenance thread halts it (2 of 5 executed failed)
+    # the list, then the page of the rollout; the rollout thread halts it (2 of 5 executed failed)
     tab.goto(url + "/rollouts")
     row = tab.locator(f'tr.rollout-row[data-rollout="{rid}"]')
     assert "1.1.0" in row.inner_text()
