@@ -46,17 +46,20 @@ class BalenaError(RolloutError):
 
 def load_balena(config: FleetConfig) -> Any:
     """A balena-sdk client for ``config.balena_host``, logged in with the API key in
-    ``config.balena_token_file``; nothing is written to disk (``data_directory: False``)."""
+    ``config.balena_token_file``; nothing is written to disk (``data_directory: False``). Raises
+    ``FleetConfigError`` when the key cannot be read (``fleet serve`` says so and exits)."""
     from balena import Balena
 
+    from fleet.config import FleetConfigError
+
     if config.balena_token_file is None:
-        raise BalenaError("the balena backend needs balena_token_file (a file holding the API key)")
+        raise FleetConfigError("the balena backend needs balena_token_file (a file holding the API key)")
     try:
         key = config.balena_token_file.read_text().strip()
     except OSError as exc:
-        raise BalenaError(f"cannot read the balena API key: {exc}") from exc
+        raise FleetConfigError(f"cannot read the balena API key: {exc}") from exc
     if not key:
-        raise BalenaError(f"{config.balena_token_file} is empty: put the balena API key in it")
+        raise FleetConfigError(f"{config.balena_token_file} is empty: put the balena API key in it")
     sdk = Balena({"balena_host": config.balena_host, "data_directory": False})
     sdk.auth.login_with_token(key)
     return sdk

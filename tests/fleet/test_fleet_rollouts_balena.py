@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from fleet.api import create_app
-from fleet.config import FleetConfig
+from fleet.config import FleetConfig, FleetConfigError
 from fleet.db import create_schema, make_engine
 from fleet.rollouts import store
 from fleet.rollouts.backend import build_backend
@@ -189,7 +189,7 @@ def test_config_needs_a_fleet_and_a_key_file(tmp_path: Path) -> None:
     empty = tmp_path / "empty.key"
     empty.write_text("")
     config = FleetConfig(rollout_backend="balena", balena_fleet=SLUG, balena_token_file=empty)
-    with pytest.raises(BalenaError, match="is empty"):
+    with pytest.raises(FleetConfigError, match="is empty"):
         build_backend(config, make_engine("sqlite://"), None)  # type: ignore[arg-type]
 
 
