@@ -45,6 +45,9 @@ class WaveOut(BaseModel):
         "waiting (for an update lock or an install window), offline."
     )
     reasons: dict[str, int] = Field(description="Failure reasons of the wave, grouped, most frequent first.")
+    waiting: dict[str, int] = Field(
+        description="Why devices wait (update lock, install window, byte budget), grouped."
+    )
 
 
 class PolicyOut(BaseModel):

@@ -3,7 +3,8 @@ per wave the counts of each outcome and the failure reasons grouped, and the fai
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +18,12 @@ from fleet.rollouts.plan import FAILED, DeviceFact, failure_reasons
 MAX_FAILED_SHOWN = 200
 COLUMNS = ("pending", "downloading", "committed", "rolled_back", "failed", "waiting", "offline")
 """The outcomes a page shows per wave, in this order (targeted comes first)."""
+
+
+def grouped(reasons: Iterable[str]) -> dict[str, int]:
+    """Reasons -> how many, most frequent first."""
+    out = Counter(reasons)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def rollout_status(engine: Engine, backend: RolloutBackend, rollout_id: str, now: datetime) -> dict[str, Any]:
@@ -56,6 +63,9 @@ def rollout_status(engine: Engine, backend: RolloutBackend, rollout_id: str, now
                 "targeted": w.targeted,
                 "counts": w.counts,
                 "reasons": failure_reasons([failure_reason(o) for o in failed if o.wave == i]),
+                "waiting": grouped(
+                    o.reason or "no reason given" for o in outcomes if o.wave == i and o.outcome == "waiting"
+                ),
             }
             for i, w in enumerate(counts)
         ],

@@ -127,6 +127,7 @@ def test_halted_rollout_shows_waves_and_reason_and_aborts_from_the_page(
     assert cells[:10] == ["1", "7", "7", "0", "1", "3", "1", "1", "1", "0"], cells
     assert "not enough disk space for the update" in cells[10]
     assert "rolled back: health check failed" in cells[10]
+    assert "waiting for an install window" in first.locator(".waiting-reason").inner_text()
     assert "not started" in second.inner_text()
     assert tab.locator("table.failed-devices tbody tr").count() == 2
     assert tab.locator("button.action-pause").count() == 0  # a halted rollout can only be aborted

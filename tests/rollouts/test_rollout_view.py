@@ -74,6 +74,7 @@ def test_status_counts_reasons_failed_devices_and_halt(tmp_path: Path) -> None:
     assert wave["targeted"] == 6
     assert wave["counts"] == {"committed": 2, "rolled_back": 1, "failed": 1, "waiting": 1, "offline": 1}
     assert wave["reasons"] == {"disk full": 1, "rolled back: health check failed": 1}
+    assert wave["waiting"] == {"outside the install window": 1}
     assert [f["device"] for f in shown["failed_devices"]] == [order[2], order[3]]
     lines = status_lines(shown)
     assert lines[0] == "rollout r1: 1.1.0 on 'role=camera' (12 devices) halted"
