@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from fleet.auth.deps import require
+from fleet.auth.deps import principal_of, require
 from fleet.auth.permissions import DEVICES_READ, RELEASES_MANAGE
 from fleet.rollouts import store
 from fleet.rollouts.backend import RolloutBackend
@@ -173,8 +173,10 @@ def rollout_router() -> APIRouter:
     def abort_route(request: Request, rollout_id: str) -> Any:
         """Abort: every targeted device gets its previous release back."""
         status_of(request, rollout_id)
+        principal = principal_of(request)
+        reason = f"aborted by {principal.name if principal is not None else 'unknown'}"
         try:
-            abort(request.app.state.fleet.store.writer, rollout_id, backend_of(request).restore)
+            abort(request.app.state.fleet.store.writer, rollout_id, backend_of(request).restore, reason)
         except BalenaError as exc:
             raise HTTPException(502, str(exc)) from exc
         return status_of(request, rollout_id)

@@ -111,7 +111,10 @@ def rollout_pages_router(templates: Jinja2Templates) -> APIRouter:
 
     def _apply(request: Request, rollout_id: str, action: str) -> None:
         engine = request.app.state.fleet.store.writer
-        state = status(request, rollout_id)["state"]
+        try:
+            state = store.load(engine, rollout_id).state
+        except store.RolloutNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
         if action not in actions_for(state):
             raise HTTPException(409, f"rollout {rollout_id} is {state}; it cannot {action}")
         if action == "abort":
