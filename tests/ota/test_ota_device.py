@@ -73,7 +73,7 @@ def test_update_commits_moves_only_new_files_and_is_reported(
     assert downloading["bytes_total"] == 200_000 + len(b"1.1.0")
     assert device.slot_is_complete("b") == "1.1.0"
     assert device.slot_is_complete("a") == "1.0.0"  # the old version stays for a rollback
-    # the device marks the outcome reported once the event is acknowledged, just after it arrives here
+    # the device marks the outcome reported right after it hands the event over, so it may lag here
     wait_for(lambda: bool((boot.read_boot(device.root)["last"] or {}).get("reported")), 30, "the report")
     state = boot.read_boot(device.root)
     assert state["pending"] is None and state["last"]["outcome"] == "committed"
