@@ -41,7 +41,7 @@ def serve_http(app: Any) -> Iterator[str]:
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         thread = threading.Thread(target=server.run, daemon=True)
         thread.start()
-        wait_for(functools.partial(_up_or_dead, server, thread), what="HTTP server")
+        wait_for(functools.partial(_up_or_dead, server, thread), timeout=60, what="HTTP server")
         if server.started:
             break
         thread.join(10)
