@@ -343,6 +343,9 @@ def create_app(
 
         templates = make_templates()
         app.include_router(dashboard_router())
+        from fleet.rollouts.pages import rollout_pages_router
+
+        app.include_router(rollout_pages_router(templates))
         app.include_router(api_docs_router(app, templates))
         install_error_pages(app, templates)
         app.router.routes.append(public_mount("/static", StaticFiles(directory=STATIC_DIR), name="static"))

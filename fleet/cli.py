@@ -203,6 +203,19 @@ def serve_cmd(
             help="Days the 1-minute telemetry history is kept.",
         ),
     ] = 7,
+    rollout_backend: Annotated[
+        str, typer.Option("--rollout-backend", help="ota (our updater) or balena (balenaOS devices).")
+    ] = "ota",
+    balena_fleet: Annotated[
+        str | None, typer.Option("--balena-fleet", help="balenaCloud fleet slug (--rollout-backend balena).")
+    ] = None,
+    balena_host: Annotated[str, typer.Option("--balena-host", help="balena API host.")] = "balena-cloud.com",
+    balena_token_file: Annotated[
+        Path | None, typer.Option("--balena-token-file", help="File holding the balena API key.")
+    ] = None,
+    balena_poll: Annotated[
+        float, typer.Option("--balena-poll", help="Seconds between reads of balena device status.")
+    ] = 30.0,
 ) -> None:
     """Run a fleet worker: ingest from the broker, store, serve the API and dashboard.
 
@@ -243,6 +256,11 @@ def serve_cmd(
             "broker_reload": broker_reload,
             "event_retention_days": event_retention_days,
             "telemetry_retention_days": telemetry_retention_days,
+            "rollout_backend": rollout_backend,
+            "balena_fleet": balena_fleet,
+            "balena_host": balena_host,
+            "balena_token_file": balena_token_file,
+            "balena_poll_s": balena_poll,
         }
         if worker_id is not None:
             settings["worker_id"] = worker_id

@@ -6,9 +6,10 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from protocol.topics import DEFAULT_PREFIX
 
@@ -176,6 +177,34 @@ class FleetConfig(BaseModel):
         gt=0,
         description="How often the service checks the CRL; it re-signs it once half its lifetime has passed.",
     )
+
+    rollout_backend: Literal["ota", "balena"] = Field(
+        default="ota",
+        description="How rollouts reach this fleet's devices: ota (signed desired state, our updater) "
+        "or balena (balenaOS devices pinned to a release through balena-sdk).",
+    )
+    balena_fleet: str | None = Field(
+        default=None,
+        max_length=200,
+        description="balenaCloud fleet (application) slug, e.g. myorg/kiosks (rollout_backend=balena).",
+    )
+    balena_host: str = Field(
+        default="balena-cloud.com", description="balena API host (balenaCloud or an openBalena server)."
+    )
+    balena_token_file: Path | None = Field(
+        default=None, description="File holding the balena API key (never on the command line)."
+    )
+    balena_poll_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Read balena device status at most this often per rollout (API rate limits).",
+    )
+
+    @model_validator(mode="after")
+    def _balena(self) -> FleetConfig:
+        if self.rollout_backend == "balena" and (not self.balena_fleet or self.balena_token_file is None):
+            raise FleetConfigError("rollout_backend balena needs balena_fleet and balena_token_file")
+        return self
 
     @field_validator("broker_url")
     @classmethod

@@ -5,6 +5,7 @@
   come over one server-sent-event stream (``/ui/stream``, fleet/livestream.py) that sends only what
   changed: the rows of the page whose data changed, the page when its membership changed, totals.
 - ``/alerts``: the open (or all) alerts, acknowledge with a note.
+- ``/rollouts``: staged rollouts, a page per rollout with its waves (fleet/rollouts/pages.py).
 - ``/devices/{id}``: facts, 24 h telemetry charts (inline SVG), desired beside reported state,
   command history with results, events with their payloads, evidence thumbnails (for roles that
   may see evidence; each image fetch is on the audit trail) and a ping button.
@@ -58,6 +59,17 @@ def ago(moment: datetime | None) -> str:
     return f"{seconds} s ago"
 
 
+def duration(seconds: float) -> str:
+    """600 -> "10 min", 5400 -> "1 h 30 min", 45 -> "45 s"."""
+    total = round(seconds)
+    if total < 60:
+        return f"{total} s"
+    hours, minutes = divmod(total // 60, 60)
+    if not hours:
+        return f"{minutes} min"
+    return f"{hours} h" + (f" {minutes} min" if minutes else "")
+
+
 def clock(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment is not None else ""
 
@@ -81,6 +93,7 @@ def make_templates() -> Jinja2Templates:
     templates = Jinja2Templates(directory=str(TEMPLATE_DIR))
     templates.env.filters["ago"] = ago
     templates.env.filters["clock"] = clock
+    templates.env.filters["duration"] = duration
     templates.env.filters["iso"] = iso
     templates.env.filters["pretty"] = pretty
     templates.env.globals["metric"] = metric

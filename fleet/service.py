@@ -1,17 +1,18 @@
 """One fleet worker wired together: store, batch writer, MQTT link, RPC gateway, commands.
 
 This is the supervisor boundary: ``start`` brings the parts up in order, a maintenance thread
-expires commands, re-signs desired states, advances rollouts, copies device revocations from the
-PKI inventory into the registry, re-signs the CRL before it goes stale (``fleet.crlkeeper``) and
-logs the ingest rate; an alert thread evaluates the alert rules and, every ``housekeeping_s``,
+expires commands, re-signs desired states, copies device revocations from the PKI inventory into
+the registry, re-signs the CRL before it goes stale (``fleet.crlkeeper``) and logs the ingest
+rate; a rollout thread advances staged rollouts through the fleet's backend
+(``rollout_backend``); an alert thread evaluates the alert rules and, every ``housekeeping_s``,
 creates partitions ahead and removes data past its retention (``fleet.retention``); ``stop``
 drains and commits before disconnecting.
 
 Several workers may share one database (``--share``). Each periodic job then runs on one worker
-at a time, the holder of its lease (``fleet.leases``): ``maintenance`` (command expiry, rollouts),
-``alerts``, ``retention`` and ``crl``; another worker takes a job over when its holder stops or
-dies. Re-signing desired states needs no lease (each change locks the device row and checks it is
-still due) and every worker republishes what its own broker link failed to publish.
+at a time, the holder of its lease (``fleet.leases``): ``maintenance`` (command expiry),
+``rollouts``, ``alerts``, ``retention`` and ``crl``; another worker takes a job over when its
+holder stops or dies. Re-signing desired states needs no lease (each change locks the device row
+and checks it is still due) and every worker republishes what its own broker link failed to publish.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 
 from fleet.commands import CommandService, CommandSigner, UnsignedSigner
@@ -31,6 +32,7 @@ from fleet.inbound import Received
 from fleet.ingest import MqttLink, sync_retained
 from fleet.leases import Leases
 from fleet.procwriter import ProcessWriter
+from fleet.rollouts.backend import RolloutBackend, build_backend
 from fleet.rpc import RpcDispatcher, RpcRegistry, default_registry
 from fleet.stats import IngestStats
 from fleet.store import Store
@@ -39,10 +41,6 @@ from protocol.timefmt import utc_now
 from protocol.topics import Topics
 
 log = logging.getLogger(__name__)
-
-ROLLOUT_ACK_TIMEOUT_S = 10.0
-"""How long a rollout waits for the broker to acknowledge a batch of desired states before it
-counts those devices targeted (it sends them again at the next tick otherwise)."""
 
 
 class FleetService:
@@ -115,6 +113,7 @@ class FleetService:
             on_issued=self.stats.on_command,
         )
         self.desired = DesiredService(self.store, self.publish_tracked, self.signer, self.topics)
+        self.rollout_backend: RolloutBackend = build_backend(config, self.store.writer, self.desired)
         self._revocations: dict[str, tuple[datetime, str | None]] | None = None
         self._paused = threading.Event()
         self._stop = threading.Event()
@@ -146,6 +145,7 @@ class FleetService:
             raise
         self._spawn("fleet-maintenance", self._maintain)
         self._spawn("fleet-alerts", self._evaluate_alerts)
+        self._spawn("fleet-rollouts", self._advance_rollouts)
         if self.config.retained_sync_s > 0:
             self._spawn("fleet-retained-sync", self._sync)
         self.started = True
@@ -229,27 +229,19 @@ class FleetService:
                 except Exception as exc:  # supervisor boundary: retried at the next round
                     log.warning("could not apply the retention: %s", exc)
 
-    def _rollouts(self) -> None:
-        """Advance every running staged rollout by one tick (fleet/rollouts)."""
-        from fleet.desired import DesiredNotPublished
+    def _advance_rollouts(self) -> None:
+        """Advance every running staged rollout each second (fleet/rollouts), in a thread of its
+        own: a backend that talks to a remote service (balenaCloud) cannot hold up the
+        maintenance thread's expiry and re-signing. One worker at a time (the ``rollouts`` lease)."""
         from fleet.rollouts.driver import tick_all
 
-        def set_release(device: str, version: str) -> None:
+        while not self._stop.wait(1.0):
+            if not self._leased("rollouts", 15.0):
+                continue
             try:
-                self.desired.ensure_release(device, version)  # once, even with several workers
-            except DesiredNotPublished as exc:  # stored: the maintenance loop publishes it again
-                log.warning("%s", exc)
-
-        def set_releases(devices: Sequence[str], version: str) -> None:
-            try:
-                self.desired.ensure_releases(devices, version)  # one transaction per batch
-            except DesiredNotPublished as exc:
-                log.warning("%s", exc)
-
-        def confirm(devices: Sequence[str]) -> bool:
-            return self.desired.acknowledged(devices, ROLLOUT_ACK_TIMEOUT_S)
-
-        tick_all(self.store.writer, set_release, utc_now(), confirm=confirm, set_releases=set_releases)
+                tick_all(self.store.writer, self.rollout_backend, utc_now())
+            except Exception as exc:  # supervisor boundary: retried next second
+                log.warning("could not advance rollouts: %s", exc)
 
     def _maintain(self) -> None:
         last_log, last_total = time.monotonic(), 0
@@ -284,15 +276,11 @@ class FleetService:
                 last_log, last_total = time.monotonic(), total
 
     def _maintenance_round(self) -> None:
-        """The jobs of the ``maintenance`` lease: command expiry and rollouts."""
+        """The job of the ``maintenance`` lease: command expiry."""
         try:
             self.commands.expire(self.config.command_grace_s)
         except Exception as exc:  # supervisor boundary: retried next second
             log.warning("could not expire commands: %s", exc)
-        try:
-            self._rollouts()
-        except Exception as exc:  # supervisor boundary: retried next second
-            log.warning("could not advance rollouts: %s", exc)
 
     def stop(self) -> None:
         """Stop taking messages, commit and acknowledge what was taken, then disconnect."""

@@ -262,7 +262,10 @@ def _evaluate(state: OtaState, ev: Evaluate) -> tuple[OtaState, list[Effect]]:
     if not ev.gate.open and not forced:
         if state.waiting == ev.gate.reason:
             return state, []
-        return dataclasses.replace(state, waiting=ev.gate.reason), []
+        # said once per new reason, so the fleet can tell "waiting for a lock or window" apart
+        # from a device that never answered
+        body = {"from": ev.running, "to": desired.version, "reason": ev.gate.reason, "code": "deferred"}
+        return dataclasses.replace(state, waiting=ev.gate.reason), [Emit("ota.waiting", body)]
     same = state.target is not None and state.target.version == desired.version
     started = OtaState(
         phase="downloading",

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
-from fleet.auth.deps import require
+from fleet.auth.deps import principal_of, require
 from fleet.auth.permissions import DEVICES_READ, RELEASES_MANAGE
 from fleet.rollouts import store
-from fleet.rollouts.driver import abort, wave_counts
-from fleet.rollouts.facts import device_facts, select_devices
+from fleet.rollouts.backend import RolloutBackend
+from fleet.rollouts.balena import BalenaError
+from fleet.rollouts.driver import abort
 from fleet.rollouts.plan import (
     Policy,
     RolloutError,
@@ -21,6 +23,7 @@ from fleet.rollouts.plan import (
     parse_percent,
     parse_waves,
 )
+from fleet.rollouts.view import rollout_status
 from protocol.timefmt import utc_now
 
 
@@ -35,42 +38,62 @@ class RolloutIn(BaseModel):
 
 
 class WaveOut(BaseModel):
+    wave: int = Field(description="Wave number, from 0.")
+    targeted: int = Field(description="Devices of the wave whose desired state carries the release.")
+    counts: dict[str, int] = Field(
+        description="Devices per outcome: pending, downloading, committed, rolled_back, failed, "
+        "waiting (for an update lock or an install window), offline."
+    )
+    reasons: dict[str, int] = Field(description="Failure reasons of the wave, grouped, most frequent first.")
+    waiting: dict[str, int] = Field(
+        description="Why devices wait (update lock, install window, byte budget), grouped."
+    )
+
+
+class PolicyOut(BaseModel):
+    waves: list[float]
+    max_failure: float
+    min_executed: int
+    soak_s: float
+    deadline_s: float
+
+
+class FailedDeviceOut(BaseModel):
+    device: str
     wave: int
-    targeted: int
-    counts: dict[str, int]
+    outcome: str
+    reason: str | None
 
 
 class RolloutOut(BaseModel):
     id: str
     release: str
     selector: str
-    state: str
-    reason: str
+    state: str = Field(description="running, paused, halted, aborted or complete.")
+    reason: str = Field(description="Why it halted (rate, reasons, devices) or was aborted.")
+    backend: str = Field(description="ota (signed desired state) or balena (release pinning).")
+    created_at: datetime
     planned: int
+    planned_waves: int
+    wave_sizes: list[int]
+    policy: PolicyOut
     waves: list[WaveOut]
+    failed_devices: list[FailedDeviceOut] = Field(description="Failed devices (the first 200).")
+
+
+def backend_of(request: Request) -> RolloutBackend:
+    backend: RolloutBackend = request.app.state.fleet.rollout_backend
+    return backend
 
 
 def status_of(request: Request, rollout_id: str) -> dict[str, Any]:
-    engine = request.app.state.fleet.store.writer
     try:
-        rollout = store.load(engine, rollout_id)
+        engine = request.app.state.fleet.store.writer
+        return rollout_status(engine, backend_of(request), rollout_id, utc_now())
     except store.RolloutNotFound as exc:
         raise HTTPException(404, str(exc)) from exc
-    planned = len(store.targets(engine, rollout_id))
-
-    def facts(names: Any) -> Any:
-        return device_facts(engine, rollout.release, names)
-
-    counts = wave_counts(engine, rollout, facts, utc_now())
-    return {
-        "id": rollout.id,
-        "release": rollout.release,
-        "selector": rollout.selector,
-        "state": rollout.state,
-        "reason": rollout.reason,
-        "planned": planned,
-        "waves": [{"wave": i, "targeted": w.targeted, "counts": w.counts} for i, w in enumerate(counts)],
-    }
+    except BalenaError as exc:
+        raise HTTPException(502, str(exc)) from exc
 
 
 def rollout_router() -> APIRouter:
@@ -98,11 +121,13 @@ def rollout_router() -> APIRouter:
                 body.release,
                 str(selector),
                 policy,
-                select_devices(engine, selector),
+                backend_of(request).select(selector),
                 utc_now(),
             )
         except store.RolloutOverlap as exc:
             raise HTTPException(409, str(exc)) from exc
+        except BalenaError as exc:
+            raise HTTPException(502, str(exc)) from exc
         except RolloutError as exc:
             raise HTTPException(422, str(exc)) from exc
         return status_of(request, rollout_id)
@@ -120,10 +145,12 @@ def rollout_router() -> APIRouter:
 
     def _move(request: Request, rollout_id: str, allowed: tuple[str, ...], state: str) -> Any:
         engine = request.app.state.fleet.store.writer
-        current = status_of(request, rollout_id)["state"]
-        if current not in allowed:
-            raise HTTPException(409, f"rollout {rollout_id} is {current}; cannot set it {state}")
-        store.set_state(engine, rollout_id, state)
+        try:
+            store.move(engine, rollout_id, allowed, state)
+        except store.RolloutNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except RolloutError as exc:
+            raise HTTPException(409, str(exc)) from exc
         return status_of(request, rollout_id)
 
     @router.post(
@@ -146,13 +173,12 @@ def rollout_router() -> APIRouter:
     def abort_route(request: Request, rollout_id: str) -> Any:
         """Abort: every targeted device gets its previous release back."""
         status_of(request, rollout_id)
-        desired = request.app.state.fleet.desired
-        abort(
-            request.app.state.fleet.store.writer,
-            rollout_id,
-            lambda device, version: desired.set_release(device, version, allow_downgrade=True),
-            desired.clear_release,
-        )
+        principal = principal_of(request)
+        reason = f"aborted by {principal.name if principal is not None else 'unknown'}"
+        try:
+            abort(request.app.state.fleet.store.writer, rollout_id, backend_of(request).restore, reason)
+        except BalenaError as exc:
+            raise HTTPException(502, str(exc)) from exc
         return status_of(request, rollout_id)
 
     return router

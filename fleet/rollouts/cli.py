@@ -25,6 +25,8 @@ def status_lines(rollout: Mapping[str, Any]) -> list[str]:
     for wave in rollout.get("waves", []):
         counts = ", ".join(f"{k} {v}" for k, v in sorted(wave["counts"].items()))
         lines.append(f"  wave {wave['wave'] + 1}: {wave['targeted']} targeted ({counts or 'no report'})")
+        for why, count in (wave.get("reasons") or {}).items():
+            lines.append(f"    {count} failed: {why}")
     return lines
 
 

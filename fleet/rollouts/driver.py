@@ -10,6 +10,7 @@ that one idempotent desired state and never skips a device.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,12 +18,23 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine
 
 from fleet.rollouts import store
-from fleet.rollouts.facts import device_facts
-from fleet.rollouts.plan import DeviceFact, Outcome, WaveCount, count_wave, decide, outcome
+from fleet.rollouts.backend import RolloutBackend
+from fleet.rollouts.plan import (
+    FAILED,
+    DeviceFact,
+    Outcome,
+    RolloutError,
+    WaveCount,
+    count_wave,
+    decide,
+    failure_reasons,
+    outcome,
+)
 
 SetRelease = Callable[[str, str], None]
 SetReleases = Callable[[Sequence[str], str], None]
 """``set_releases(devices, version)``: ``set_release`` for a batch at once (one transaction)."""
+Restore = Callable[[str, "str | None"], None]
 Facts = Callable[[Sequence[str]], Mapping[str, DeviceFact]]
 Confirm = Callable[[Sequence[str]], bool]
 """``confirm(devices)``: the broker acknowledged the desired states just set for ``devices``."""
@@ -48,18 +60,59 @@ def _ts(moment: datetime) -> float:
     return moment.timestamp()
 
 
-def wave_counts(engine: Engine, rollout: store.Rollout, facts: Facts, now: datetime) -> list[WaveCount]:
-    """Counts per started wave (devices targeted so far)."""
+@dataclass(frozen=True)
+class DeviceOutcome:
+    device: str
+    wave: int
+    outcome: Outcome
+    reason: str | None
+
+
+def device_outcomes(
+    engine: Engine, rollout: store.Rollout, facts: Facts, now: datetime
+) -> list[DeviceOutcome]:
+    """The outcome of every device targeted so far, in wave then device order."""
     rows = [r for r in store.targets(engine, rollout.id) if r[3] is not None]
     known = facts([r[0] for r in rows])
-    by_wave: dict[int, list[Outcome]] = {}
+    out: list[DeviceOutcome] = []
     for device, wave, _previous, targeted_at in rows:
         assert targeted_at is not None
         fact = known.get(device, DeviceFact(online=False))
         result = outcome(fact, _ts(targeted_at), _ts(now), rollout.policy.deadline_s)
-        by_wave.setdefault(wave, []).append(result)
+        out.append(DeviceOutcome(device, wave, result, fact.reason))
+    return out
+
+
+def count_waves(outcomes: Sequence[DeviceOutcome]) -> list[WaveCount]:
+    by_wave: dict[int, list[Outcome]] = {}
+    for item in outcomes:
+        by_wave.setdefault(item.wave, []).append(item.outcome)
     top = max(by_wave) + 1 if by_wave else 0
     return [count_wave(by_wave.get(i, [])) for i in range(top)]
+
+
+def wave_counts(engine: Engine, rollout: store.Rollout, facts: Facts, now: datetime) -> list[WaveCount]:
+    """Counts per started wave (devices targeted so far)."""
+    return count_waves(device_outcomes(engine, rollout, facts, now))
+
+
+def failure_reason(item: DeviceOutcome) -> str | None:
+    """The words a failed device's outcome is grouped under (None: no report within deadline)."""
+    if item.outcome == "rolled_back":
+        return f"rolled back: {item.reason or 'no reason given'}"
+    return item.reason
+
+
+def halt_details(outcomes: Sequence[DeviceOutcome], shown: int = 10) -> str:
+    """Which devices failed and why, for the halt reason: grouped reasons, then the first devices."""
+    failed = [o for o in outcomes if o.outcome in FAILED]
+    if not failed:
+        return ""
+    grouped = failure_reasons([failure_reason(o) for o in failed])
+    reasons = "; ".join(f"{n} × {why}" for why, n in grouped.items())
+    names = ", ".join(o.device for o in failed[:shown])
+    more = f" and {len(failed) - shown} more" if len(failed) > shown else ""
+    return f"{reasons} (devices: {names}{more})"
 
 
 def tick(
@@ -77,7 +130,8 @@ def tick(
     # finish targeting a wave a killed worker left half done
     if rollout.state == "running" and started:
         _target(engine, rollout, started - 1, _batched(set_release, set_releases), now, confirm)
-    counts = wave_counts(engine, rollout, facts, now)
+    outcomes = device_outcomes(engine, rollout, facts, now)
+    counts = count_waves(outcomes)
     if rollout.state != "running":
         return TickResult(rollout.state, started, counts, rollout.reason)
     if counts and counts[-1].settled and rollout.wave_settled_at is None:
@@ -86,8 +140,9 @@ def tick(
     settled = None if rollout.wave_settled_at is None else _ts(rollout.wave_settled_at)
     decision = decide(rollout.policy, counts, planned, settled, _ts(now))
     if decision.action == "halt":
-        store.set_state(engine, rollout_id, "halted", decision.reason)
-        return TickResult("halted", started, counts, decision.reason)
+        reason = f"{decision.reason}: {halt_details(outcomes)}"
+        store.set_state(engine, rollout_id, "halted", reason)
+        return TickResult("halted", started, counts, reason)
     if decision.action == "complete":
         store.set_state(engine, rollout_id, "complete")
         return TickResult("complete", started, counts)
@@ -133,38 +188,38 @@ def _target(
 def abort(
     engine: Engine,
     rollout_id: str,
-    set_release: SetRelease,
-    clear_release: Callable[[str], None],
+    restore: Restore,
     reason: str = "aborted by operator",
 ) -> int:
-    """Abort: every targeted device gets its previous release back (or none). Returns how many."""
-    store.set_state(engine, rollout_id, "aborted", reason)
+    """Abort: every targeted device gets back what it had (``restore(device, previous)``: its
+    previous release, or previous pin on balena). Returns how many.
+
+    A running rollout is paused first (no wave starts meanwhile) and marked aborted only once every
+    device was restored: when ``restore`` raises (a backend that cannot be reached), the rollout
+    stays paused or halted, and abort can be asked again (restoring twice is harmless)."""
+    if store.load(engine, rollout_id).state == "running":
+        with contextlib.suppress(RolloutError):  # halted or paused meanwhile: fine as well
+            store.move(engine, rollout_id, ("running",), "paused")
     count = 0
     for device, _wave, previous, targeted_at in store.targets(engine, rollout_id):
         if targeted_at is None:
             continue
-        if previous:
-            set_release(device, previous)
-        else:
-            clear_release(device)
+        restore(device, previous)
         count += 1
+    store.set_state(engine, rollout_id, "aborted", reason)
     return count
 
 
-def tick_all(
-    engine: Engine,
-    set_release: SetRelease,
-    now: datetime,
-    confirm: Confirm = _confirmed,
-    set_releases: SetReleases | None = None,
-) -> dict[str, TickResult]:
-    """One tick of every running rollout, with facts from the fleet database (what the fleet's
-    maintenance thread calls each second; a test calls it once)."""
+def tick_all(engine: Engine, backend: RolloutBackend, now: datetime) -> dict[str, TickResult]:
+    """One tick of every running rollout through the fleet's backend (what the fleet's
+    rollout thread calls each second; a test calls it once)."""
     results: dict[str, TickResult] = {}
     for rollout_id, release in store.running(engine):
 
         def facts(names: Sequence[str], release: str = release) -> Mapping[str, DeviceFact]:
-            return device_facts(engine, release, names)
+            return backend.facts(release, names)
 
-        results[rollout_id] = tick(engine, rollout_id, set_release, facts, now, confirm, set_releases)
+        results[rollout_id] = tick(
+            engine, rollout_id, backend.set_release, facts, now, backend.confirm, backend.set_releases
+        )
     return results

@@ -7,7 +7,8 @@ deadline (all three are failures), or still in progress. A device that was offli
 started is targeted in that wave and counted there once it comes back; its deadline starts then.
 The rollout halts when the failure rate over executed devices exceeds ``max_failure`` once at least
 ``min_executed`` devices have executed; otherwise the next wave starts ``soak_s`` seconds after
-every device of the current one has settled (or is offline). No I/O here: the shell feeds facts in
+every device of the current one has settled (or is offline, or waiting for an update lock or
+an install window). No I/O here: the shell feeds facts in
 and carries out the returned decision.
 """
 
@@ -22,11 +23,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-Outcome = Literal["pending", "offline", "downloading", "committed", "rolled_back", "failed"]
+Outcome = Literal["pending", "offline", "waiting", "downloading", "committed", "rolled_back", "failed"]
 SETTLED: frozenset[str] = frozenset({"committed", "rolled_back", "failed"})
 FAILED: frozenset[str] = frozenset({"rolled_back", "failed"})
 IN_PROGRESS_KINDS = frozenset({"ota.downloading", "ota.verifying", "ota.installing", "ota.restarting"})
 """The contract's events of an update under way (PROTOCOL.md "Updates (OTA)")."""
+WAITING_KIND = "ota.waiting"
+"""The device has the release but may not install it yet: an app holds the update lock, it is
+outside its install windows or over its byte budget (``reason`` says which)."""
 
 
 class RolloutError(ValueError):
@@ -149,6 +153,8 @@ def outcome(fact: DeviceFact, targeted_at: float, now: float, deadline_s: float)
         return "failed"
     if not fact.online:
         return "offline"
+    if fact.ota_kind == WAITING_KIND:
+        return "waiting"  # reported, so no deadline; like offline it does not hold the wave
     started = max(targeted_at, fact.online_since or targeted_at)
     if now - started > deadline_s:
         return "failed"

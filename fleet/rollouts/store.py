@@ -131,6 +131,24 @@ def set_state(engine: Engine, rollout_id: str, state: str, reason: str = "") -> 
         raise RolloutNotFound(f"no rollout {rollout_id!r}")
 
 
+def move(engine: Engine, rollout_id: str, allowed: Sequence[str], state: str) -> str:
+    """Set ``state`` only while the rollout is in one of ``allowed`` (in one statement, so a
+    worker halting it meanwhile is not overwritten). Returns the state it has afterwards; raises
+    ``RolloutError`` naming the state it was in when that was not allowed."""
+    with engine.begin() as conn:
+        done = conn.execute(
+            update(rollouts)
+            .where(rollouts.c.id == rollout_id, rollouts.c.state.in_(list(allowed)))
+            .values(state=state, reason="")
+        )
+        if done.rowcount == 1:
+            return state
+        current = conn.execute(select(rollouts.c.state).where(rollouts.c.id == rollout_id)).scalar()
+    if current is None:
+        raise RolloutNotFound(f"no rollout {rollout_id!r}")
+    raise RolloutError(f"rollout {rollout_id} is {current}; cannot set it {state}")
+
+
 def set_wave_settled(engine: Engine, rollout_id: str, moment: datetime | None) -> None:
     with engine.begin() as conn:
         conn.execute(update(rollouts).where(rollouts.c.id == rollout_id).values(wave_settled_at=moment))

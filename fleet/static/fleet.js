@@ -4,7 +4,7 @@
 //   applies what it sends: changed device rows, the page when its membership changed, and the
 //   summary / overview / events fragments. The stream ends now and then and is reopened, so a
 //   session that has ended stops receiving (the page then reloads and the fleet asks to sign in).
-// - Elements with data-refresh="URL" (the device page) are re-fetched every 2 s.
+// - Elements with data-refresh="URL" (the device page, a rollout's page) are re-fetched every 2 s.
 // - <time class="ago" datetime="..."> shows "12 s ago" and is advanced here every second.
 // Requests carry the session's CSRF token (X-CSRF-Token; any script that posts must use
 // fleetFetch) and mark themselves as background refreshes, which do not keep a session alive.
@@ -111,6 +111,13 @@
     if (document.hidden) { return; }
     document.querySelectorAll("[data-refresh]").forEach(refresh);
   }
+
+  // A form with data-confirm="question" (the rollout page's Abort) asks before it is sent; the
+  // listener sits on the document, so forms of re-fetched fragments are covered too.
+  document.addEventListener("submit", function (ev) {
+    var question = ev.target.getAttribute && ev.target.getAttribute("data-confirm");
+    if (question && !window.confirm(question)) { ev.preventDefault(); }
+  });
 
   document.addEventListener("DOMContentLoaded", function () {
     document.querySelectorAll("[data-stream]").forEach(stream);

@@ -273,6 +273,7 @@ OTA_KINDS = [
     "ota.committed",
     "ota.rolled_back",
     "ota.failed",
+    "ota.waiting",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import threading
 import time
@@ -26,16 +27,26 @@ from protocol.timefmt import now_ts
 from protocol.topics import Topics
 
 
+def _up_or_dead(server: Any, thread: threading.Thread) -> bool:
+    return bool(server.started) or not thread.is_alive()
+
+
 @contextlib.contextmanager
 def serve_http(app: Any) -> Iterator[str]:
     """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its base URL."""
     import uvicorn
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, what="HTTP server")
+    for _attempt in range(5):  # a free port can be taken by another process before uvicorn binds it
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        wait_for(functools.partial(_up_or_dead, server, thread), timeout=60, what="HTTP server")
+        if server.started:
+            break
+        thread.join(10)
+    else:
+        raise AssertionError("uvicorn could not bind a free port five times")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -227,7 +227,7 @@ def serve_on(app: Any, port: int) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, what="HTTP server")
+    wait_for(lambda: server.started, timeout=60, what="HTTP server")  # generous: busy machines
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

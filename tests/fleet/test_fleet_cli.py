@@ -229,5 +229,7 @@ def test_serve_refuses_bad_settings(tmp_path: Path) -> None:
     assert writer.exit_code == 1 and "--writer" in writer.output
     plugin = cli("fleet", "serve", "--rpc", "dossier=fleet.nowhere:make", "--db", db)
     assert plugin.exit_code == 1 and "cannot import 'fleet.nowhere'" in plugin.output
+    balena = cli("fleet", "serve", "--rollout-backend", "balena", "--balena-fleet", "org/kiosks", "--db", db)
+    assert balena.exit_code == 1 and "balena_token_file" in balena.output
     down = cli("fleet", "serve", "--broker", f"mqtt://127.0.0.1:{free_port()}", "--db", db)
     assert down.exit_code == 1 and "cannot reach the broker" in down.output

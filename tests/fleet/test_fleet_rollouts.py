@@ -55,7 +55,7 @@ def test_rollout_routes_start_pause_resume_abort_and_refuse_overlap(
                     out.add(n)
             return out
 
-        wait_for(lambda: len(released()) == 3, what="first wave targeted by the maintenance thread")
+        wait_for(lambda: len(released()) == 3, what="first wave targeted by the rollout thread")
         overlap = call("POST", "/api/rollouts", json={**body, "release": "1.2.0"})
         assert overlap.status_code == 409 and f"rollout {rid}" in overlap.json()["detail"]
         assert call("POST", f"/api/rollouts/{rid}/pause").json()["state"] == "paused"

@@ -35,6 +35,7 @@ from fleet.auth.ratelimit import install_signin_limit
 from fleet.auth.session import SignIn, install_oidc, local_path
 from fleet.broker import free_port
 from fleet.service import FleetService
+from protocol.timefmt import utc_now
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 DEVICE = "kiosk-signin-0001"
@@ -338,6 +339,37 @@ def test_csrf_token_required_on_every_post(site: Site, browser: httpx.Client, de
         other = sign_in(second, site, f"/devices/{device}")
         assert csrf_of(other) != token
         assert second.post(ping, data={"csrf_token": token}).status_code == 403
+
+
+def test_rollout_buttons_need_the_role_and_the_csrf_token(
+    fleet: FleetService, clock: FakeClock, browser: httpx.Client, device: str
+) -> None:
+    from fleet.rollouts import store
+    from fleet.rollouts.plan import Policy
+
+    store.create_rollout(
+        fleet.store.writer, "r-csrf", "9.9.9", "", Policy(soak_s=3600), {device: None}, utc_now()
+    )
+    roles = {"fleet-operators": "operator", "fleet-releases": "release-manager"}
+    with running_site(fleet, clock, roles=roles) as site:
+        page = sign_in(browser, site, "/rollouts/r-csrf")
+        assert "Rollout <code>r-csrf</code>" in page.text and "action-abort" not in page.text  # operator
+        site.issuer.roles = ["fleet-releases"]
+        with httpx.Client(timeout=10) as manager:
+            page = sign_in(manager, site, "/rollouts/r-csrf")
+            token = csrf_of(page)
+            assert f'name="csrf_token" value="{token}"' in page.text and "action-pause" in page.text
+            pause = f"{site.url}/rollouts/r-csrf/pause"
+            assert manager.post(pause, data={}).status_code == 403
+            assert manager.post(pause, data={"csrf_token": "x" + token}).status_code == 403
+            assert store.load(fleet.store.writer, "r-csrf").state == "running"
+            sent = manager.post(pause, data={"csrf_token": token})
+            assert sent.status_code == 303 and sent.headers["location"] == "/rollouts/r-csrf"
+            assert store.load(fleet.store.writer, "r-csrf").state == "paused"
+            again = manager.post(pause, data={"csrf_token": token}, headers=HTML)
+            assert again.status_code == 409 and "is paused" in again.text
+        actions = [a for a in trail_actions(site) if a[0] == "POST /rollouts/{rollout_id}/pause"]
+        assert [a[3].startswith("denied") for a in actions] == [True, True, False, False]
 
 
 # -- failed sign-ins -----------------------------------------------------------------------------------

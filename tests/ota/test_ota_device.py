@@ -73,8 +73,10 @@ def test_update_commits_moves_only_new_files_and_is_reported(
     assert downloading["bytes_total"] == 200_000 + len(b"1.1.0")
     assert device.slot_is_complete("b") == "1.1.0"
     assert device.slot_is_complete("a") == "1.0.0"  # the old version stays for a rollback
+    # the device marks the outcome reported right after it hands the event over, so it may lag here
+    wait_for(lambda: bool((boot.read_boot(device.root)["last"] or {}).get("reported")), 30, "the report")
     state = boot.read_boot(device.root)
-    assert state["pending"] is None and state["last"]["outcome"] == "committed" and state["last"]["reported"]
+    assert state["pending"] is None and state["last"]["outcome"] == "committed"
 
 
 @pytest.mark.parametrize(
@@ -198,6 +200,8 @@ def test_downgrade_refused_and_update_lock_defers_until_released(
         30,
         "the lock to defer the update",
     )
+    waiting = probe.wait_event("ota.waiting", lambda d: d["to"] == "1.1.0", timeout=30)
+    assert "kiosk-session" in waiting["data"]["reason"] and waiting["data"]["code"] == "deferred"
     assert device.wait_running()["version"] == "1.0.0"
     api.call("ota_unlock", owner="kiosk-session")
     device.wait_version("1.1.0")

@@ -77,7 +77,9 @@ def test_downgrade_refused_unless_allowed() -> None:
 def test_closed_gate_waits_once_and_force_overrides() -> None:
     closed = Gate(False, "waiting: update lock held by kiosk-session")
     state, effects = step(OtaState(), Evaluate(V2, "1.0.0", 0.0, closed))
-    assert state.phase == "idle" and state.waiting == closed.reason and effects == []
+    assert state.phase == "idle" and state.waiting == closed.reason
+    waiting = {"from": "1.0.0", "to": "1.1.0", "reason": closed.reason, "code": "deferred"}
+    assert effects == [Emit("ota.waiting", waiting)]  # once: the fleet counts it as waiting
     again, effects = step(state, Evaluate(V2, "1.0.0", 1.0, closed))
     assert again == state and effects == []
     state, effects = step(state, Evaluate(V2, "1.0.0", 2.0, closed, forced=True))

@@ -31,8 +31,11 @@ class Fleet:
         self.release[device] = version
         self.sets.append(device)
 
-    def clear_release(self, device: str) -> None:
-        self.release.pop(device, None)
+    def restore(self, device: str, previous: str | None) -> None:
+        if previous:
+            self.release[device] = previous
+        else:
+            self.release.pop(device, None)
 
     def facts(self, devices: Sequence[str]) -> Mapping[str, DeviceFact]:
         out = {}
@@ -113,7 +116,7 @@ def test_pause_and_abort_restore_previous_release(tmp_path: Path) -> None:
     store.set_state(engine, "r1", "paused")
     assert _run(engine, fleet, T0 + timedelta(seconds=60), limit=3)[0] == "paused"
     assert len(fleet.sets) == 1
-    assert abort(engine, "r1", fleet.set_release, fleet.clear_release) == 1
+    assert abort(engine, "r1", fleet.restore) == 1
     assert set(fleet.release.values()) == {"1.0.0"}
     assert store.load(engine, "r1").state == "aborted"
 

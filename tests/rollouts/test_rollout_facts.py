@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def test_tick_all_reads_reports_from_the_database(tmp_path: Path) -> None:
     from datetime import timedelta
 
     from fleet.rollouts import store
+    from fleet.rollouts.backend import OtaBackend
     from fleet.rollouts.driver import tick_all
     from fleet.rollouts.plan import Policy
 
@@ -95,7 +97,21 @@ def test_tick_all_reads_reports_from_the_database(tmp_path: Path) -> None:
     policy = Policy(waves=(0.5, 1.0), min_executed=5, soak_s=0.0, deadline_s=60.0)
     store.create_rollout(engine, "r1", "1.1.0", "", policy, select_devices(engine, Selector()), T0)
     sent: list[str] = []
-    tick_all(engine, lambda device, _version: sent.append(device), T0)
+
+    class Recording(OtaBackend):
+        def __init__(self) -> None:  # no desired-state service: the release goes to ``sent``
+            self.engine = engine
+
+        def set_release(self, device: str, release: str) -> None:
+            sent.append(device)
+
+        def set_releases(self, devices: Sequence[str], release: str) -> None:
+            sent.extend(devices)
+
+        def confirm(self, devices: Sequence[str]) -> bool:
+            return True
+
+    tick_all(engine, Recording(), T0)
     assert len(sent) == 5
     with engine.begin() as conn:
         record_ota(
@@ -106,7 +122,7 @@ def test_tick_all_reads_reports_from_the_database(tmp_path: Path) -> None:
             ],
         )
     later = T0 + timedelta(seconds=1)
-    assert tick_all(engine, lambda device, _version: sent.append(device), later)["r1"].started_waves == 2
+    assert tick_all(engine, Recording(), later)["r1"].started_waves == 2
     assert sorted(sent) == names
 
 

@@ -85,6 +85,15 @@ def test_outcomes() -> None:
     assert outcome(dl, 0.0, 5.0, 60.0) == "downloading"
     assert outcome(DeviceFact(False, "ota.committed"), 0.0, 1.0, 60.0) == "committed"
     assert outcome(DeviceFact(True, "ota.rolled_back"), 0.0, 1.0, 60.0) == "rolled_back"
+    restarting = DeviceFact(online=True, ota_kind="ota.restarting")
+    assert outcome(restarting, 0.0, 5.0, 60.0) == "downloading"  # busy, as the agent names the step
+
+
+def test_waiting_for_a_lock_or_window_is_no_failure_and_does_not_hold_the_wave() -> None:
+    waiting = DeviceFact(online=True, ota_kind="ota.waiting", reason="waiting for an install window")
+    assert outcome(waiting, 0.0, 10_000.0, 60.0) == "waiting"  # it reported: no deadline
+    wave = count_wave(["committed", "waiting", "offline"])
+    assert wave.settled and wave.executed == 1 and wave.failed == 0
 
 
 def _simulate(fail_rate: float, seed: int) -> tuple[str, int, set[str], list[list[str]]]:
