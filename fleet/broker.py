@@ -109,13 +109,19 @@ class MosquittoBroker:
     def __init__(self, workdir: Path, config: BrokerConfig | None = None) -> None:
         self.workdir = Path(workdir)
         self.config = config or BrokerConfig()
-        if self.config.port == 0:
-            self.config.port = free_port(self.config.host)
-        for listener in self._tls_listeners():
-            if listener.port == 0:
-                listener.port = free_port(self.config.host)
+        self._chosen: list[TlsListener] = [lst for lst in self._tls_listeners() if lst.port == 0]
+        self._choose_plain = self.config.port == 0
+        self._choose_ports()
+        self._started = False
         self.proc: subprocess.Popen[bytes] | None = None
         self.binary = find_mosquitto()
+
+    def _choose_ports(self) -> None:
+        """Free ports for the listeners given port 0."""
+        if self._choose_plain:
+            self.config.port = free_port(self.config.host)
+        for listener in self._chosen:
+            listener.port = free_port(self.config.host)
 
     def _tls_listeners(self) -> list[TlsListener]:
         first = [self.config.tls] if self.config.tls is not None else []
@@ -197,14 +203,27 @@ class MosquittoBroker:
     def start(self, timeout: float = 10.0) -> MosquittoBroker:
         if self.proc is not None and self.proc.poll() is None:
             return self
-        conf = self._write_config()
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        self._wait_listening(timeout)
+        for attempt in range(5):
+            conf = self._write_config()
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            try:
+                self._wait_listening(timeout)
+            except BrokerError as exc:
+                # a port chosen free was taken by another program before mosquitto bound it: on a
+                # first start (nobody knows the port yet) choose again; a restart keeps its port
+                raced = "Address already in use" in str(exc) and (self._choose_plain or self._chosen)
+                if self._started or not raced or attempt == 4:
+                    raise
+                self.stop()
+                self._choose_ports()
+                continue
+            break
+        self._started = True
         return self
 
     def _wait_listening(self, timeout: float) -> None:

