@@ -131,13 +131,14 @@ def test_a_commit_is_never_undone_by_a_report_that_cannot_be_sent(
     scripts.mkdir()
     gate = device.workdir / "commit-gate"
     script = scripts / "commit_enter_10-wait"
-    script.write_text(f"#!/bin/sh\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n")
+    entered = device.workdir / "commit-entered"  # the health gate passed: the commit begins
+    script.write_text(f"#!/bin/sh\ntouch {entered}\nwhile [ ! -e {gate} ]; do sleep 0.05; done\n")
     script.chmod(0o755)
     device.configure(state_scripts=str(scripts))
     device.start()
     device.wait_running()
     probe.desired("1.1.0")
-    wait_for(lambda: (device.status() or {}).get("ota", {}).get("phase") == "trial", 60, "the trial")
+    wait_for(entered.exists, 90, "the commit to begin")
     broker.stop()  # the city becomes unreachable right at commit time
     gate.touch()
     wait_for(lambda: boot.committed_slot(device.root) == "b", 30, "the commit")
