@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -224,3 +226,34 @@ class FakeDevice:
 
 FleetFactory = Callable[..., FleetService]
 MakeDevice = Callable[..., FakeDevice]
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@contextlib.contextmanager
+def dashboard_tab(fleet: FleetService, height: int = 900) -> Iterator[tuple[Any, str, list[str]]]:
+    """A real Chromium tab, signed in as admin, on the fleet's app served over HTTP: (tab, base URL,
+    console and page errors). Skips without Chromium, fails under CI."""
+    import pytest
+
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Chromium is not installed (CI): sudo apt-get install -y chromium")
+        pytest.skip("Chromium is not installed: sudo apt-get install -y chromium")
+    from playwright.sync_api import sync_playwright
+
+    from fleet.api import create_app
+
+    with serve_http(create_app(fleet)) as url, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            tab = browser.new_page(
+                extra_http_headers=admin_headers(fleet), viewport={"width": 1400, "height": height}
+            )
+            errors: list[str] = []
+            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            tab.on("pageerror", lambda e: errors.append(str(e)))
+            yield tab, url, errors
+        finally:
+            browser.close()

@@ -15,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet_helpers import admin_headers, serve_http, wait_for
+from fleet_helpers import dashboard_tab, wait_for
 from sqlalchemy import update
 
 from fleet.alerts import AlertEngine, list_alerts
-from fleet.api import create_app
 from fleet.db import devices
 from fleet.service import FleetService
 from fleet.synthetic import fill, fill_history
 
-CHROMIUM = "/usr/bin/chromium"
 DEVICES = 20_000
 pytestmark = pytest.mark.browser
 
@@ -43,24 +41,8 @@ def city(fleet: FleetService) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def browser_page(fleet: FleetService, city: list[dict[str, Any]]) -> Iterator[tuple[Any, str, list[str]]]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is not installed (CI): sudo apt-get install -y chromium")
-        pytest.skip("Chromium is not installed: sudo apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with serve_http(create_app(fleet)) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            tab = browser.new_page(
-                extra_http_headers=admin_headers(fleet), viewport={"width": 1400, "height": 900}
-            )
-            errors: list[str] = []
-            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            yield tab, url, errors
-        finally:
-            browser.close()
+    with dashboard_tab(fleet) as page:
+        yield page
 
 
 def shot(tab: Any, name: str) -> None:

@@ -16,13 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fleet_helpers import FakeDevice, MakeDevice, admin_headers, serve_http, wait_for
+from fleet_helpers import FakeDevice, MakeDevice, admin_headers, dashboard_tab, wait_for
 
-from fleet.api import create_app
 from fleet.auth import trail
 from fleet.service import FleetService
 
-CHROMIUM = "/usr/bin/chromium"
 DEVICES = 14  # waves 50%,100%: 7 devices in the first
 pytestmark = pytest.mark.browser
 
@@ -34,24 +32,8 @@ def db_url(tmp_path: Path) -> str:  # the page only sees the API: one database i
 
 @pytest.fixture
 def served(fleet: FleetService) -> Iterator[tuple[Any, str, list[str]]]:
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("Chromium is not installed (CI): sudo apt-get install -y chromium")
-        pytest.skip("Chromium is not installed: sudo apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
-    with serve_http(create_app(fleet)) as url, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            tab = browser.new_page(
-                extra_http_headers=admin_headers(fleet), viewport={"width": 1400, "height": 1000}
-            )
-            errors: list[str] = []
-            tab.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            tab.on("pageerror", lambda e: errors.append(str(e)))
-            yield tab, url, errors
-        finally:
-            browser.close()
+    with dashboard_tab(fleet, height=1000) as page:
+        yield page
 
 
 def shot(tab: Any, name: str) -> None:
