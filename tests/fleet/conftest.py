@@ -14,6 +14,7 @@ from fleet_pg import PgCluster, find_bindir
 from fleet.broker import MosquittoBroker
 from fleet.config import FleetConfig
 from fleet.service import FleetService
+from fleet.store import Store
 
 _ids = itertools.count(1)
 
@@ -89,3 +90,12 @@ def make_device(broker: MosquittoBroker) -> Iterator[MakeDevice]:
     yield make
     for device in devices:
         device.close()
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A store with its schema on the test's database (no fleet worker)."""
+    s = Store(db_url)
+    s.create_schema()
+    yield s
+    s.dispose()

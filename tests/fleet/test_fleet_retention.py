@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,14 +22,6 @@ from protocol.topics import Topics
 
 T = Topics()
 DEVICE = "cam-hn-gbt-0001"
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.create_schema()
-    yield s
-    s.dispose()
 
 
 def event(seq: int, at: datetime, *, event_id: str | None = None) -> Inbound:

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
-
-import pytest
 
 from fleet.inbound import Inbound, classify
 from fleet.store import Store
@@ -16,14 +13,6 @@ from protocol.timefmt import now_ts, utc_now
 from protocol.topics import Topics
 
 T = Topics()
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.create_schema()
-    yield s
-    s.dispose()
 
 
 def msg(topic: str, body: Any, *, retained: bool = False) -> Inbound:

@@ -7,10 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
-
-import pytest
 
 from fleet.alerts import AlertEngine, list_alerts, open_counts
 from fleet.inbound import Inbound, classify
@@ -21,14 +18,6 @@ from protocol.topics import Topics
 
 T = Topics()
 DEVICE = "cam-hn-tho-0007"
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.create_schema()
-    yield s
-    s.dispose()
 
 
 def ev(kind: str, seq: int, at: datetime) -> Inbound:
