@@ -187,7 +187,11 @@ class DeviceLink:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             if drained:
-                self._flush_lock.release()
+                try:  # a clean stop sends what the device made before it says goodbye
+                    with contextlib.suppress(aiomqtt.MqttError, asyncio.TimeoutError):
+                        await asyncio.wait_for(self._send_queued(client), GOODBYE_TIMEOUT_S)
+                finally:
+                    self._flush_lock.release()
 
     async def _hold_flush(self) -> bool:
         """Take the outbox lock (no event in flight then) unless that takes longer than a goodbye."""
@@ -206,9 +210,13 @@ class DeviceLink:
     async def _flush(self, client: aiomqtt.Client) -> None:
         """Send queued events in order; each leaves the outbox only once acknowledged."""
         async with self._flush_lock:
-            while self.outbox:
-                await self._send(client, self.outbox[0])
-                self.outbox.popleft()
+            await self._send_queued(client)
+
+    async def _send_queued(self, client: aiomqtt.Client) -> None:
+        """The outbox, in order (the caller holds ``_flush_lock``)."""
+        while self.outbox:
+            await self._send(client, self.outbox[0])
+            self.outbox.popleft()
 
     async def _activity(self, client: aiomqtt.Client) -> None:
         loop = asyncio.get_running_loop()
