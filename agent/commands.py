@@ -129,6 +129,9 @@ class CommandProcessor:
     def handlers(self) -> list[str]:
         return sorted(self._handlers)
 
+    def handler(self, name: str) -> Handler | None:
+        return self._handlers.get(name)
+
     def start(self) -> None:
         self._thread.start()
 

@@ -37,6 +37,7 @@ from agent.ota.wiring import add_local_ops, build_parts, launched_root, update_h
 from agent.outbox import Outbox
 from agent.renewal import CertRenewer
 from agent.results import ResultStore
+from agent.rolerelay import RoleRelay, serve_role_commands
 from agent.rpc import RpcClient
 from agent.sender import OutboxSender
 from agent.shadow import Shadow
@@ -147,6 +148,9 @@ class Agent:
         self.link.add_connect_hook(self.telemetry.trigger)
         self.link.add_connect_hook(self.commands.resend_unsent)
         self._register_builtins()
+        if self.localapi is not None:
+            role_commands = ("snapshot",) if config.device.role == "camera" else ()
+            serve_role_commands(self.localapi, RoleRelay(), self.commands, role_commands)
 
     # -- wiring --------------------------------------------------------------------------------
 

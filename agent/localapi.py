@@ -238,6 +238,16 @@ class LocalApiClient:
     def status(self) -> dict[str, Any]:
         return dict(self._call({"op": "status"}))
 
+    def poll_command(self, names: list[str], timeout: float = 5.0) -> dict[str, Any] | None:
+        """The next city command relayed to this role process (agent/rolerelay.py), or None."""
+        found = self._call({"op": "poll_command", "names": names, "timeout": timeout}, timeout + 5.0)
+        return dict(found) if found else None
+
+    def command_result(self, command_id: str, status: str, result: dict[str, Any], error: str | None) -> None:
+        """Answer a command received from ``poll_command``."""
+        answer = {"id": command_id, "status": status, "result": result, "error": error}
+        self._call({"op": "command_result", **answer})
+
     def call(self, op: str, timeout: float | None = None, **fields: Any) -> Any:
         """Any op by name, e.g. ``call("ota_lock", owner="kiosk-session", ttl_s=600)``."""
         return self._call({"op": op, **fields}, timeout)

@@ -34,6 +34,7 @@ from cityedge import demo_ota, demo_security
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
 LOG_TAIL_LINES = 20
+DEMO_CAMERA = "cam-demo-0001"
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,14 @@ def _kiosk_ui(ctx: Ctx) -> list[str]:
             "--http", kiosk_ui_http(ctx), "--simulate-peripherals"]  # fmt: skip
 
 
+def snapshot_lines(cli: str, url: str, http: str, token_file: Path) -> list[str]:
+    """How to see what the demo camera sees (people and plates blurred by the camera)."""
+    return [
+        f"The camera's view: {url}devices/{DEMO_CAMERA} → Take snapshot, or",
+        f"  {cli} fleet command {DEMO_CAMERA} snapshot --wait --api http://{http} --token-file {token_file}",
+    ]
+
+
 def _camera_pipeline(ctx: Ctx) -> list[str]:
     """The camera role process on a synthetic street scene, beside the camera agent."""
     import agent.camera
@@ -146,7 +155,7 @@ def demo_parts() -> list[Part]:
         Part("io-board", _io_board),
         Part("agent-kiosk", _agent("kiosk-demo-0001", "kiosk")),
         Part("kiosk-ui", _kiosk_ui),
-        Part("agent-camera", _agent("cam-demo-0001", "camera")),
+        Part("agent-camera", _agent(DEMO_CAMERA, "camera")),
         Part("camera-pipeline", _camera_pipeline),
         Part("agent-ota", _ota_agent),
         Part("sim", _sim, enabled=lambda ctx: ctx.devices > 0),
@@ -385,6 +394,8 @@ def _run_parts(sup: Supervisor, stop: threading.Event, console: Console) -> int:
     if sup.ctx.devices > 0:
         for line in demo_ota.rollout_lines("cityedge", sup.ctx.http, token_file):
             console.print(line, markup=False, highlight=False)
+    for line in snapshot_lines("cityedge", url, sup.ctx.http, token_file):
+        console.print(line, markup=False, highlight=False)
     claim = demo_security.create_claim(sup.ctx.data_dir)
     board = io_board_dir(sup.ctx)
     tech = demo_security.technician_lines(

@@ -40,6 +40,7 @@ from fleet.otastate import ota_label, ota_states, ota_tone
 from fleet.paging import device_filter
 from fleet.privacy import redact_event
 from fleet.service import FleetService
+from fleet.snapshots import CONTENT_TYPE, SNAPSHOT
 from protocol.timefmt import format_ts, utc_now
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -353,13 +354,17 @@ def dashboard_router() -> APIRouter:
                 if found is not None:
                     evidence[event["id"]] = found
         alerts, _ = list_alerts(service.store, open_only=False, device=device_id, limit=20)
+        commands = service.store.commands_of(device_id, limit=20)
         return {
             "device": device,
             "ota_state": ota_states(service.store.reader, [device_id]).get(device_id),
             "events": [redact_event(e) for e in events],
             "gaps": service.store.gaps(device_id),
             "command": service.store.command(cmd) if cmd else None,
-            "commands": service.store.commands_of(device_id, limit=20),
+            "commands": commands,
+            "snapshot": next((c for c in commands if (c["result"] or {}).get("image")), None)
+            if may_see_evidence
+            else None,
             "charts": [
                 (label, sparkline_svg(history, key, unit=unit, label=label))
                 for key, label, unit in (
@@ -377,13 +382,32 @@ def dashboard_router() -> APIRouter:
             "show_payload": True,
         }
 
-    @router.post("/devices/{device_id}/ping", dependencies=[Depends(require(COMMANDS_SEND))])
-    def ping(request: Request, device_id: str) -> Response:
+    def send(request: Request, device_id: str, name: str) -> Response:
         device_or_404(request, device_id)
         try:
-            row = fleet(request).commands.issue(device_id, "ping", {}, None)
+            row = fleet(request).commands.issue(device_id, name, {}, None)
         except CommandError as exc:
             raise HTTPException(400, str(exc)) from exc
         return RedirectResponse(f"/devices/{device_id}?cmd={row['id']}", status_code=303)
+
+    @router.post("/devices/{device_id}/ping", dependencies=[Depends(require(COMMANDS_SEND))])
+    def ping(request: Request, device_id: str) -> Response:
+        return send(request, device_id, "ping")
+
+    @router.post("/devices/{device_id}/snapshot", dependencies=[Depends(require(COMMANDS_SEND))])
+    def snapshot(request: Request, device_id: str) -> Response:
+        """Ask a camera for a picture of its view (people and plates blurred on the device)."""
+        return send(request, device_id, SNAPSHOT)
+
+    @router.get(
+        "/devices/{device_id}/snapshot/{command_id}",
+        dependencies=[Depends(require(EVIDENCE_READ, personal_data=True))],
+    )
+    def snapshot_image(request: Request, device_id: str, command_id: str) -> Response:
+        """The picture a camera answered (a view of it is on the audit trail)."""
+        found = fleet(request).store.snapshot_image(command_id)
+        if found is None or found[0] != device_id:
+            raise HTTPException(404, f"no snapshot {command_id} of device {device_id}")
+        return Response(found[1], media_type=CONTENT_TYPE, headers={"Cache-Control": "no-store"})
 
     return router

@@ -33,6 +33,7 @@ from fleet.devicequery import (
 )
 from fleet.inbound import Inbound
 from fleet.pki_store import DeviceRevocation
+from fleet.snapshots import image_of, without_image
 from fleet.telemetryhist import history
 from protocol.timefmt import utc_now
 
@@ -188,6 +189,17 @@ class Store:
             return [dict(r) for r in conn.execute(query).mappings()]
 
     def command(self, command_id: str) -> Row | None:
+        """One command with its result (a snapshot's picture left out: ``snapshot_image``)."""
+        row = self._command(command_id)
+        return without_image(row) if row is not None else None
+
+    def snapshot_image(self, command_id: str) -> tuple[str, bytes] | None:
+        """(device, JPEG) of a successful ``snapshot`` command (fleet/snapshots.py)."""
+        row = self._command(command_id)
+        image = image_of(row) if row is not None else None
+        return (str(row["device"]), image) if row is not None and image is not None else None
+
+    def _command(self, command_id: str) -> Row | None:
         with self.reader.connect() as conn:
             row = conn.execute(select(commands).where(commands.c.id == command_id)).mappings().first()
             return dict(row) if row is not None else None
@@ -201,7 +213,7 @@ class Store:
             .limit(limit)
         )
         with self.reader.connect() as conn:
-            return [dict(r) for r in conn.execute(query).mappings()]
+            return [without_image(dict(r)) for r in conn.execute(query).mappings()]
 
     def telemetry_history(self, device: str, *, hours: float = 24.0) -> list[Row]:
         """1-minute telemetry rollups of the last ``hours`` (fleet/telemetryhist.py)."""

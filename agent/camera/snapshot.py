@@ -4,9 +4,8 @@ Everyone in the picture is blurred and so is every vehicle's plate area (no offe
 The result is small (at most ``max_width`` pixels wide) so that it fits in a command answer.
 
 The agent runs commands in its own process. ``SnapshotTaker.handler`` is the command handler;
-the camera process hands it to the agent with ``register_with(client)`` when the agent's local API
-offers a command relay (``poll_command`` / ``command_result``); otherwise the snapshot command
-keeps answering "not available" (see docs/camera.md, "Agent hooks").
+the camera process serves it through the agent's command relay (``register_with(client)``: the
+local API's ``poll_command`` / ``command_result``, agent/rolerelay.py; docs/camera.md, "Agent hooks").
 """
 
 from __future__ import annotations

@@ -120,6 +120,7 @@ def test_demo_runs_everything_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> Non
         )
         _technician_path(out.text, base, token, tmp_path / "demo")
         _rollout_path(out.text)
+        _snapshot_path(out.text)
         family = psutil.Process(proc.pid).children(recursive=True)
         assert len(family) >= 5  # mosquitto, fleet, two agents, simulator
 
@@ -222,6 +223,25 @@ def _technician_path(text: str, base: str, token: str, demo_dir: Path) -> None:
         assert ping.returncode == 0 and "pong" in ping.stdout, ping.stdout + ping.stderr
     finally:
         stop_agent(DeviceFiles(device_dir))
+
+
+def _snapshot_path(text: str) -> None:
+    """The printed snapshot command gets the demo camera's blurred view from its camera process."""
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("The camera's view: "))
+    argv = [CLI, *shlex.split(lines[at + 1])[1:], "--json"]
+
+    answers: list[dict[str, Any]] = []
+
+    def answered() -> bool:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        answers.append(json.loads(done.stdout) if done.stdout.strip() else {"error": done.stderr})
+        return answers[-1].get("status") == "ok"
+
+    wait_until(answered, 90, "a snapshot from the demo camera's process")
+    result = answers[-1]["result"]
+    assert result["content_type"] == "image/jpeg" and result["image"].startswith("/devices/cam-demo-0001/")
+    assert "data" not in result and result["width"] <= 640
 
 
 def _rollout_path(text: str) -> None:
