@@ -24,7 +24,12 @@ from protocol.dossier import DOSSIER_CODE_RE, MAX_CODE_LENGTH, METHOD_LOOKUP
 
 METHOD_SUBMIT = "submit"
 METHOD_RECEIPT = "receipt"
-DEMO_FEES: dict[str, int] = {"ht-trich-luc": 8000, "cu-thuong-tru": 10000, "cu-tam-tru": 7000}
+DEMO_FEES: dict[str, int] = {
+    "ht-trich-luc": 8000,
+    "cu-thuong-tru": 10000,
+    "cu-tam-tru": 7000,
+    "ct-ban-sao": 2000,
+}
 """Online fees (đồng) by catalogue procedure id in the demo (one copy; the catalogue's online rate);
 the city's fee table in production. A procedure not listed has no fee."""
 
