@@ -19,6 +19,7 @@ from kiosk_ui.i18n import RATING_REASONS, STRINGS, Lang
 from kiosk_ui.parsers import ParseError, parse_cccd, parse_dossier_code
 from kiosk_ui.render import Renderer
 from kiosk_ui.sessions import Message, Session, SessionStore
+from kiosk_ui.submitflow import SubmissionFlow
 from kiosk_ui.views import say, say_other, screen_context
 from protocol.timefmt import now_ts
 
@@ -57,6 +58,7 @@ class KioskCore:
         self.bus = bus
         self.store = SessionStore(session_ttl_s, on_end=self._session_ended)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kiosk-work")
+        self.flow = SubmissionFlow(self)
 
     # --- sessions -------------------------------------------------------------------------
     def open_session(self, lang: Lang) -> Session:
@@ -208,6 +210,11 @@ class KioskCore:
             return  # nobody in front of the kiosk page: drop the scan
         if session.screen == "identity":
             self._scan_identity(session, text)
+        elif session.screen == "submit" and session.submission is not None:
+            if session.submission.step == "identify":
+                self.flow.on_card(session, text)
+            else:
+                self.toast(session, STRINGS["scan.unknown"])
         elif looks_like_cccd(text):
             self.toast(session, STRINGS["id.open_first"])
         else:

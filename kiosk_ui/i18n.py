@@ -203,6 +203,103 @@ STRINGS: dict[str, tuple[str, str]] = {
     "rate.pick": ("Vui lòng chọn một mức hài lòng.", "Please choose how satisfied you are first."),
     "rate.thanks": ("Cảm ơn quý vị đã đánh giá!", "Thank you for your feedback!"),
     "rate.anon": ("Đánh giá không kèm thông tin cá nhân.", "Ratings are anonymous."),
+    # Submitting a dossier
+    "proc.submit": ("Nộp hồ sơ tại máy này", "Submit at this kiosk"),
+    "submit.title": ("Nộp hồ sơ", "Submit a dossier"),
+    "submit.none": (
+        "Chưa chọn thủ tục. Mời chọn thủ tục cần nộp trong danh sách thủ tục.",
+        "No procedure chosen yet. Please choose one from the procedures list.",
+    ),
+    "submit.steps": ("Các bước nộp hồ sơ", "Submission steps"),
+    "submit.step.identify": ("Định danh", "Identify"),
+    "submit.step.form": ("Tờ khai", "Form"),
+    "submit.step.documents": ("Giấy tờ", "Documents"),
+    "submit.step.review": ("Kiểm tra", "Review"),
+    "submit.step.consent": ("Xác nhận", "Confirm"),
+    "submit.step.done": ("Hoàn tất", "Done"),
+    "submit.identify.heading": ("Điền sẵn tờ khai từ thẻ CCCD", "Pre-fill the form from your ID card"),
+    "submit.identify.privacy": (
+        "Thông tin chỉ dùng cho hồ sơ này, chỉ được gửi khi quý vị xác nhận nộp, "
+        "và bị xoá khỏi máy khi quý vị kết thúc hoặc rời máy.",
+        "Your details are used only for this dossier, sent only when you confirm, "
+        "and erased from the kiosk when you finish or leave.",
+    ),
+    "submit.identify.agree": ("Đồng ý, quét thẻ CCCD", "I agree, scan my ID card"),
+    "submit.identify.manual": ("Tự nhập, không dùng thẻ", "Type it myself, without the card"),
+    "submit.form.hint": (
+        "Kiểm tra từng ô. Chạm vào ô cần sửa rồi gõ bằng bàn phím bên dưới. Ô có dấu * là bắt buộc.",
+        "Check each box. Touch a box to correct it and type on the keyboard below. "
+        "Boxes marked * are required.",
+    ),
+    "submit.form.fix": ("Vui lòng sửa các ô được đánh dấu đỏ.", "Please correct the boxes marked in red."),
+    "submit.required": ("bắt buộc", "required"),
+    "submit.from_card": ("(từ thẻ CCCD)", "(from your ID card)"),
+    "submit.next": ("Tiếp tục", "Continue"),
+    "submit.back": ("Quay lại", "Back"),
+    "submit.docs.hint": (
+        "Đặt từng trang giấy tờ lên khay chụp, ngửa mặt có chữ lên, rồi bấm “Chụp trang”.",
+        "Place each page face up on the camera tray, then press “Photograph page”.",
+    ),
+    "submit.docs.pages": ("Cần {min} đến {max} trang", "{min} to {max} page(s) needed"),
+    "submit.docs.optional": ("Không bắt buộc; tối đa {max} trang", "Optional; up to {max} page(s)"),
+    "submit.docs.page": ("Trang {n}", "Page {n}"),
+    "submit.docs.capture": ("Chụp trang", "Photograph page"),
+    "submit.docs.busy": ("Đang chụp, giữ yên trang giấy…", "Taking the photo, keep the page still…"),
+    "submit.docs.retake": ("Chụp lại", "Retake"),
+    "submit.docs.up": ("Lên", "Up"),
+    "submit.docs.down": ("Xuống", "Down"),
+    "submit.docs.delete": ("Xoá trang", "Delete page"),
+    "submit.review.hint": (
+        "Kiểm tra lại toàn bộ thông tin và các trang giấy tờ trước khi nộp.",
+        "Check every detail and every page before you submit.",
+    ),
+    "submit.review.edit_form": ("Sửa tờ khai", "Edit the form"),
+    "submit.review.edit_docs": ("Sửa giấy tờ", "Edit the documents"),
+    "submit.consent.heading": ("Xác nhận nộp hồ sơ", "Confirm your submission"),
+    "submit.consent.text1": (
+        "Tôi cam đoan những thông tin đã khai là đúng sự thật và đồng ý gửi tờ khai cùng ảnh giấy tờ "
+        "tới {agency} qua hệ thống dịch vụ công của thành phố.",
+        "I declare that the details given are true and agree to send the form and the document photos "
+        "to {agency} through the city's public service system.",
+    ),
+    "submit.consent.text2": (
+        "Sau khi gửi, máy xoá thông tin và ảnh của quý vị; chỉ giữ mã hồ sơ để in giấy biên nhận.",
+        "Once sent, the kiosk erases your details and photos; "
+        "it keeps only the dossier code for the receipt.",
+    ),
+    "submit.consent.fee": (
+        "Lệ phí: {fee}, thanh toán bằng mã VietQR sau khi nộp.",
+        "Fee: {fee}, paid with a VietQR code after submitting.",
+    ),
+    "submit.consent.agree": ("Tôi đồng ý và nộp hồ sơ", "I agree, submit the dossier"),
+    "submit.sending": ("Đang gửi hồ sơ, vui lòng chờ…", "Sending your dossier, please wait…"),
+    "submit.unavailable": (
+        "Chưa gửi được hồ sơ: hệ thống của thành phố đang không trả lời. Hồ sơ chưa được nộp và "
+        "thông tin vẫn còn trên màn hình. Vui lòng bấm nộp lại sau ít phút hoặc hỏi cán bộ tiếp nhận.",
+        "Your dossier could not be sent: the city's system is not answering. Nothing was submitted and "
+        "your details are still here. Please press submit again in a few minutes or ask at the desk.",
+    ),
+    "submit.refused": (
+        "Hệ thống của thành phố không nhận hồ sơ này. Vui lòng hỏi cán bộ tiếp nhận để được hướng dẫn.",
+        "The city's system did not accept this dossier. Please ask at the reception desk for help.",
+    ),
+    "submit.done.ok": ("Đã nộp hồ sơ thành công.", "Your dossier has been submitted."),
+    "submit.done.keep": (
+        "Hãy giữ mã này hoặc in giấy biên nhận để tra cứu hồ sơ.",
+        "Keep this code or print the receipt to track your dossier.",
+    ),
+    "submit.done.print": ("In giấy biên nhận", "Print receipt"),
+    "submit.done.end": ("Kết thúc và xoá thông tin", "Finish and erase my details"),
+    "submit.pay.heading": ("Thanh toán lệ phí", "Pay the fee"),
+    "submit.pay.text": (
+        "Mở ứng dụng ngân hàng bất kỳ, quét mã VietQR dưới đây để chuyển {fee}.",
+        "Open any banking app and scan the VietQR code below to transfer {fee}.",
+    ),
+    "submit.pay.amount": ("Số tiền", "Amount"),
+    "submit.pay.reference": ("Nội dung chuyển khoản", "Transfer reference"),
+    "submit.pay.waiting": ("Đang chờ xác nhận thanh toán…", "Waiting for the payment to be confirmed…"),
+    "submit.pay.paid": ("Đã thanh toán {fee}", "Paid {fee}"),
+    "submit.pay.none": ("Thủ tục này không thu lệ phí.", "This procedure has no fee."),
     # Announcements / idle
     "news.title": ("Thông báo", "Announcements"),
     "news.touch": ("Chạm vào màn hình để bắt đầu", "Touch the screen to start"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -46,6 +48,41 @@ def normalise_code(value: Any) -> str:
     return code
 
 
+MAX_FORM_FIELDS = 60
+MAX_FORM_VALUE = 300
+MAX_PAGES = 40
+MAX_PAGE_BYTES = 3 * 1024 * 1024
+
+
+def check_content(form: object, pages: object) -> int:
+    """Check a submission's form (``{field: text}``) and pages (``[{document, page, sha256, jpeg}]``,
+    JPEG as base64, its SHA-256 checked); RpcBadRequest says what is wrong. Returns the page count.
+    Both may be absent (an older kiosk submits the procedure only)."""
+    if form is not None:
+        if not isinstance(form, dict) or len(form) > MAX_FORM_FIELDS:
+            raise RpcBadRequest("form must be an object of at most 60 fields")
+        if not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_FORM_VALUE for k, v in form.items()
+        ):
+            raise RpcBadRequest("form values must be texts of at most 300 characters")
+    if pages is None:
+        return 0
+    if not isinstance(pages, list) or len(pages) > MAX_PAGES:
+        raise RpcBadRequest("pages must be a list of at most 40 pages")
+    for page in pages:
+        if not isinstance(page, dict) or not isinstance(page.get("jpeg"), str):
+            raise RpcBadRequest("each page needs document, page, sha256 and jpeg (base64)")
+        try:
+            data = base64.b64decode(page["jpeg"], validate=True)
+        except ValueError as exc:
+            raise RpcBadRequest("a page's jpeg is not base64") from exc
+        if len(data) > MAX_PAGE_BYTES or not data.startswith(b"\xff\xd8"):
+            raise RpcBadRequest("a page is not a JPEG image of at most 3 MiB")
+        if hashlib.sha256(data).hexdigest() != page.get("sha256"):
+            raise RpcBadRequest("a page arrived damaged (its SHA-256 does not match); send it again")
+    return len(pages)
+
+
 def _receipt_dict(receipt: SubmissionReceipt) -> dict[str, Any]:
     return {
         "submission_id": receipt.submission_id,
@@ -81,6 +118,7 @@ class DossierService:
             if not isinstance(procedure, str) or not 0 < len(procedure) <= 64:
                 raise RpcBadRequest('dossier.submit needs params {"submission_id", "procedure"}')
             sid = check_submission_id(params.get("submission_id"))
+            check_content(params.get("form"), params.get("pages"))
             receipt = self.submissions.submit(sid, procedure, self.fees.get(procedure, 0))
             log.debug("dossier submitted from %s (%s)", device, receipt.payment)  # no code, no content
             return _receipt_dict(receipt)

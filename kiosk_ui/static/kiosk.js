@@ -16,7 +16,7 @@
   var state = {
     sid: null, lang: document.documentElement.lang || "vi", screen: null, params: {},
     large: false, telex: true, score: 0, es: null, lastInput: Date.now(), lastTouchSent: 0,
-    warnAt: 0, touched: false, resetting: false, searchTimer: 0, signageTimer: 0, toastTimer: 0,
+    warnAt: 0, touched: false, pollTimer: 0, resetting: false, searchTimer: 0, signageTimer: 0, toastTimer: 0,
   };
 
   function sessionHeaders(json) {
@@ -60,6 +60,11 @@
       telex.textContent = state.telex ? telex.dataset.on : telex.dataset.off;
     }
     state.score = 0;
+    clearTimeout(state.pollTimer);
+    var poll = app.querySelector("[data-poll]");
+    if (poll) state.pollTimer = setTimeout(function () { post(poll.dataset.poll, {}); }, 2000);
+    var first = app.querySelector(".ff-error [data-kbd], [data-kbd][data-fv]");
+    if (first) first.classList.add("editing");
     clearInterval(state.signageTimer);
     if (state.screen === "signage") state.signageTimer = setInterval(nextSlide, cfg.signage);
   }
@@ -101,16 +106,17 @@
 
   /* ---------- on-screen keyboard ---------- */
   function onKey(key) {
-    var field = app.querySelector("[data-kbd]");
+    var field = app.querySelector("[data-kbd].editing") || app.querySelector("[data-kbd]:not([data-fv])");
     if (!field) return;
     var value = field.dataset.value || "";
     var search = field.dataset.kbd === "search";
+    var form = !!field.dataset.fv;
     if (key === "BACK") value = Array.from(value).slice(0, -1).join("");
     else if (key === "CLEAR") value = "";
     else if (key === "SPACE") value += " ";
-    else if (search && state.telex && window.Telex) value = window.Telex.apply(value, key);
+    else if ((search || field.dataset.kbd === "text") && state.telex && window.Telex) value = window.Telex.apply(value, key);
     else value += key;
-    value = value.slice(0, search ? 80 : 48);
+    value = value.slice(0, form ? 300 : search ? 80 : 48);
     field.dataset.value = value;
     field.textContent = value;
     if (search) scheduleSearch(value);
@@ -135,12 +141,23 @@
     if (!el || !app.contains(el)) return;
     if (el.dataset.key) { onKey(el.dataset.key); return; }
     if (el.dataset.go) { go(el.dataset.go, el.dataset.id ? { id: el.dataset.id } : {}); return; }
-    if (el.dataset.post) { post(el.dataset.post, {}, el.dataset.busy); return; }
+    if (el.dataset.post) { post(el.dataset.post, el.dataset.body ? JSON.parse(el.dataset.body) : {}, el.dataset.busy); return; }
     action(el.dataset.action, el);
   }
 
+  function formValues() {
+    var values = {};
+    app.querySelectorAll("[data-fv]").forEach(function (f) { values[f.dataset.fv] = f.dataset.value || ""; });
+    return values;
+  }
+
   function action(name, el) {
-    if (name === "lang") {
+    if (name === "lang" && app.querySelector("[data-fv]")) {
+      /* keep what was typed on the form before it is drawn again in the other language */
+      state.lang = el.dataset.lang;
+      request("/api/submit/keep", { method: "POST", body: JSON.stringify({ values: formValues() }) })
+        .then(function () { go("submit"); });
+    } else if (name === "lang") {
       state.lang = el.dataset.lang;
       var params = Object.assign({}, state.params);
       var search = app.querySelector("[data-kbd=search]");
@@ -164,6 +181,20 @@
       var reasons = [];
       app.querySelectorAll("[data-action=chip][aria-pressed=true]").forEach(function (c) { reasons.push(c.dataset.reason); });
       post("/api/rating", { score: state.score || null, reasons: reasons });
+    } else if (name === "edit") {
+      app.querySelectorAll("[data-kbd].editing").forEach(function (f) { f.classList.remove("editing"); });
+      el.classList.add("editing");
+    } else if (name === "choose") {
+      var group = el.closest("[data-fv]");
+      group.dataset.value = el.dataset.value;
+      group.querySelectorAll("[data-action=choose]").forEach(function (b) {
+        b.setAttribute("aria-pressed", String(b === el));
+        b.setAttribute("aria-checked", String(b === el));
+      });
+    } else if (name === "form-save") {
+      post("/api/submit/form", { values: formValues() });
+    } else if (name === "end") {
+      reset("end");
     } else if (name === "submit") {
       var field = app.querySelector("[data-kbd]");
       post("/api/lookup", { code: field ? field.dataset.value || "" : "" }, el.dataset.busy);
