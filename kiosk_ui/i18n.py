@@ -80,6 +80,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "kbd.space": ("Dấu cách", "Space"),
     "kbd.backspace": ("Xoá lùi", "Delete"),
     "kbd.clear": ("Xoá hết", "Clear all"),
+    "kbd.shift": ("Chữ hoa", "Capital"),
     "kbd.telex.on": ("Gõ dấu: bật", "Accents: on"),
     "kbd.telex.off": ("Gõ dấu: tắt", "Accents: off"),
     "kbd.label": ("Bàn phím", "Keyboard"),

@@ -121,7 +121,9 @@ def submission_view(session: Session, feed: ContentFeed) -> dict[str, Any] | Non
                 "shown": shown,
                 "hint": pick(lang, f.hint) if f.hint else "",
                 "options": options,
-                "keys": "digits" if f.type in ("date", "id_number", "phone", "number") else "text",
+                "kbd": {"date": "digits", "id_number": "digits", "phone": "digits", "number": "digits"}.get(
+                    f.type, "name" if f.type == "name" else "text"
+                ),
                 "error": say(lang, state.errors.get(f.id)),
                 "error_other": say_other(lang, state.errors.get(f.id)),
                 "from_card": bool(f.prefill) and session.identity is not None and bool(value),

@@ -16,7 +16,7 @@
   var state = {
     sid: null, lang: document.documentElement.lang || "vi", screen: null, params: {},
     large: false, telex: true, score: 0, es: null, lastInput: Date.now(), lastTouchSent: 0,
-    warnAt: 0, touched: false, pollTimer: 0, resetting: false, searchTimer: 0, signageTimer: 0, toastTimer: 0,
+    warnAt: 0, touched: false, pollTimer: 0, shift: false, resetting: false, searchTimer: 0, signageTimer: 0, toastTimer: 0,
   };
 
   function sessionHeaders(json) {
@@ -111,10 +111,22 @@
     var value = field.dataset.value || "";
     var search = field.dataset.kbd === "search";
     var form = !!field.dataset.fv;
+    var kind = field.dataset.kbd;
+    if (key === "SHIFT") {
+      state.shift = !state.shift;
+      app.querySelectorAll("[data-key=SHIFT]").forEach(function (b) { b.setAttribute("aria-pressed", String(state.shift)); });
+      return;
+    }
+    /* capitals: after Shift, or at the start of each word of a name */
+    if (/^[a-z]$/.test(key) && (state.shift || (kind === "name" && (value === "" || / $/.test(value))))) key = key.toUpperCase();
+    if (state.shift) {
+      state.shift = false;
+      app.querySelectorAll("[data-key=SHIFT]").forEach(function (b) { b.setAttribute("aria-pressed", "false"); });
+    }
     if (key === "BACK") value = Array.from(value).slice(0, -1).join("");
     else if (key === "CLEAR") value = "";
     else if (key === "SPACE") value += " ";
-    else if ((search || field.dataset.kbd === "text") && state.telex && window.Telex) value = window.Telex.apply(value, key);
+    else if ((search || kind === "text" || kind === "name") && state.telex && window.Telex) value = window.Telex.apply(value, key);
     else value += key;
     value = value.slice(0, form ? 300 : search ? 80 : 48);
     field.dataset.value = value;
