@@ -28,6 +28,7 @@ from kiosk_ui.core import KioskCore
 from kiosk_ui.fonts import FontCache
 from kiosk_ui.i18n import normalise_lang
 from kiosk_ui.sessions import Session, SessionGone
+from kiosk_ui.speech import SpeechError
 from kiosk_ui.views import SCREENS
 
 SESSION_HEADER = "x-kiosk-session"
@@ -207,6 +208,17 @@ def build_routes(state: AppState) -> list[Route | Mount]:
             return Response(status_code=404)
         return Response(data, media_type="image/jpeg")
 
+    async def speak(request: Request) -> Response:
+        """Spoken guidance: the WAV of one ``guide.*`` text (never anything a resident gave)."""
+        lang = normalise_lang(request.query_params.get("lang"))
+        try:
+            audio = await run_in_threadpool(core.voice.audio, request.path_params["key"], lang)
+        except KeyError:
+            return Response(status_code=404)
+        except SpeechError:
+            return Response(status_code=503)
+        return Response(audio, media_type="audio/wav")
+
     async def events(request: Request) -> Response:
         sid = request.query_params.get("sid", "")
         if not core.store.alive(sid):
@@ -276,6 +288,7 @@ def build_routes(state: AppState) -> list[Route | Mount]:
         Route("/api/submit/payment", action(core.flow.payment, "submit"), methods=["POST"]),
         Route("/api/submit/print", action(core.flow.print_receipt, "submit"), methods=["POST"]),
         Route("/part/page/{doc}/{index}", page_image),
+        Route("/api/speak/{key}", speak),
         Route("/api/dev/scan", dev_scan, methods=["POST"]),
         Route("/font/fonts.css", font_css),
         Route("/font/{name}.woff", font_file),

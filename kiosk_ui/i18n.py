@@ -301,6 +301,41 @@ STRINGS: dict[str, tuple[str, str]] = {
     "submit.pay.waiting": ("Đang chờ xác nhận thanh toán…", "Waiting for the payment to be confirmed…"),
     "submit.pay.paid": ("Đã thanh toán {fee}", "Paid {fee}"),
     "submit.pay.none": ("Thủ tục này không thu lệ phí.", "This procedure has no fee."),
+    # Spoken guidance (read aloud by the "Nghe" button; guidance only, never personal data)
+    "guide.listen": ("Nghe hướng dẫn", "Listen"),
+    "guide.auto": ("Tự động đọc", "Read aloud automatically"),
+    "guide.submit.identify": (
+        "Bước một: định danh. Nếu quý vị đồng ý, bấm nút màu xanh rồi đưa mặt sau thẻ căn cước, "
+        "có mã QR, vào máy quét. Nếu không muốn dùng thẻ, bấm nút tự nhập.",
+        "Step one: identify. If you agree, press the blue button, then hold the back of your ID card, "
+        "with the QR code, under the scanner. To type your details yourself, press the other button.",
+    ),
+    "guide.submit.form": (
+        "Bước hai: tờ khai. Kiểm tra từng ô. Chạm vào ô cần sửa rồi gõ bằng bàn phím phía dưới. "
+        "Ô có dấu sao là bắt buộc. Xong thì bấm Tiếp tục.",
+        "Step two: the form. Check each box. Touch a box to correct it and type on the keyboard below. "
+        "Boxes with a star are required. Then press Continue.",
+    ),
+    "guide.submit.documents": (
+        "Bước ba: giấy tờ. Đặt từng trang lên khay chụp, mặt có chữ hướng lên, rồi bấm Chụp trang. "
+        "Nếu ảnh bị mờ, máy sẽ nhắc chụp lại.",
+        "Step three: documents. Place each page face up on the tray and press Photograph page. "
+        "If a photo is blurred, the kiosk asks you to take it again.",
+    ),
+    "guide.submit.review": (
+        "Bước bốn: kiểm tra lại toàn bộ thông tin và các trang giấy tờ. Nếu cần sửa, bấm nút sửa.",
+        "Step four: check every detail and every page. To change something, press an edit button.",
+    ),
+    "guide.submit.consent": (
+        "Bước năm: đọc lời cam đoan. Nếu đồng ý, bấm nút Tôi đồng ý và nộp hồ sơ.",
+        "Step five: read the declaration. If you agree, press the button to submit the dossier.",
+    ),
+    "guide.submit.done": (
+        "Đã nộp hồ sơ. Hãy in giấy biên nhận để giữ mã hồ sơ. Nếu có lệ phí, quét mã VietQR bằng "
+        "ứng dụng ngân hàng. Xong thì bấm Kết thúc để xoá thông tin.",
+        "Your dossier is submitted. Print the receipt to keep the dossier code. If there is a fee, "
+        "scan the VietQR code with your banking app. Then press Finish to erase your details.",
+    ),
     # Announcements / idle
     "news.title": ("Thông báo", "Announcements"),
     "news.touch": ("Chạm vào màn hình để bắt đầu", "Touch the screen to start"),

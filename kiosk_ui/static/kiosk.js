@@ -16,7 +16,7 @@
   var state = {
     sid: null, lang: document.documentElement.lang || "vi", screen: null, params: {},
     large: false, telex: true, score: 0, es: null, lastInput: Date.now(), lastTouchSent: 0,
-    warnAt: 0, touched: false, pollTimer: 0, shift: false, resetting: false, searchTimer: 0, signageTimer: 0, toastTimer: 0,
+    warnAt: 0, touched: false, pollTimer: 0, shift: false, autoSpeak: false, audio: null, spoken: null, resetting: false, searchTimer: 0, signageTimer: 0, toastTimer: 0,
   };
 
   function sessionHeaders(json) {
@@ -60,6 +60,11 @@
       telex.textContent = state.telex ? telex.dataset.on : telex.dataset.off;
     }
     state.score = 0;
+    var auto = app.querySelector("[data-action=auto-speak]");
+    if (auto) auto.setAttribute("aria-pressed", String(state.autoSpeak));
+    var say = app.querySelector("[data-say]");
+    if (say && state.autoSpeak && say.dataset.say !== state.spoken) speak(say.dataset.say);
+    state.spoken = say ? say.dataset.say : null;
     clearTimeout(state.pollTimer);
     var poll = app.querySelector("[data-poll]");
     if (poll) state.pollTimer = setTimeout(function () { post(poll.dataset.poll, {}); }, 2000);
@@ -92,6 +97,14 @@
       if (busyText) hideToast();
       if (html !== null) applyFragment(html);
     });
+  }
+
+  /* ---------- spoken guidance ---------- */
+  function speak(key) {
+    if (!key) return;
+    if (state.audio) state.audio.pause();
+    state.audio = new Audio("/api/speak/" + encodeURIComponent(key) + "?lang=" + state.lang);
+    state.audio.play().catch(function () { /* no audio output: the text is on screen */ });
   }
 
   /* ---------- toast ---------- */
@@ -203,6 +216,12 @@
         b.setAttribute("aria-pressed", String(b === el));
         b.setAttribute("aria-checked", String(b === el));
       });
+    } else if (name === "listen") {
+      speak(el.dataset.say);
+    } else if (name === "auto-speak") {
+      state.autoSpeak = !state.autoSpeak;
+      el.setAttribute("aria-pressed", String(state.autoSpeak));
+      if (state.autoSpeak) speak((app.querySelector("[data-say]") || {}).dataset.say);
     } else if (name === "form-save") {
       post("/api/submit/form", { values: formValues() });
     } else if (name === "end") {
@@ -292,6 +311,7 @@
     state.resetting = true;
     var sid = state.sid;
     state.sid = null;
+    if (state.audio) state.audio.pause();
     if (state.es) { state.es.close(); state.es = null; }
     app.innerHTML = "";
     document.getElementById("idle").hidden = true;

@@ -88,12 +88,17 @@ def test_a_resident_submits_a_dossier_with_a_fee_in_chromium_through_agent_and_g
     at_step(page, "identify")
     snap(page, "kiosk-submit-2-identify-vi")
     assert a11y_problems(page) == []
+    with page.expect_response(lambda r: "/api/speak/guide.submit.identify?lang=vi" in r.url) as spoken:
+        page.click("#app [data-action=listen]")  # "Nghe": the step's guidance read aloud
+    assert spoken.value.status == 200 and spoken.value.headers["content-type"] == "audio/wav"
+    page.click("#app [data-action=auto-speak]")  # from now on each step is read as it appears
 
     # 2. identify with the card's QR
     page.click("#app [data-post='/api/submit/card-consent']")
     page.wait_for_selector("#app .scan-prompt")
     pty_scanner.write(CCCD_PAYLOAD.encode() + b"\r\n")
     at_step(page, "form")
+    wait_for(lambda: any("/api/speak/guide.submit.form" in u for u in recorder.urls), "automatic guidance")
     assert page.get_attribute("#app [data-fv=ho_ten]", "data-value") == CCCD_NAME
     assert page.get_attribute("#app [data-fv=ngay_sinh]", "data-value") == "15/08/1999"
     assert page.get_attribute("#app [data-fv=gioi_tinh] [aria-pressed=true]", "data-value") == "Nữ"
