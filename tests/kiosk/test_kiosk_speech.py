@@ -20,7 +20,7 @@ from kiosk_ui.speech import EspeakSpeech, GuideVoice, SilentSpeech
 
 def seconds(data: bytes) -> float:
     with wave.open(io.BytesIO(data)) as w:
-        return w.getnframes() / w.getframerate()
+        return float(w.getnframes()) / float(w.getframerate())
 
 
 def test_espeak_reads_vietnamese_guidance_as_wav() -> None:
