@@ -228,8 +228,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "submit.identify.agree": ("Đồng ý, quét thẻ CCCD", "I agree, scan my ID card"),
     "submit.identify.manual": ("Tự nhập, không dùng thẻ", "Type it myself, without the card"),
     "submit.form.hint": (
-        "Kiểm tra từng ô. Chạm vào ô cần sửa rồi gõ bằng bàn phím bên dưới. Ô có dấu * là bắt buộc.",
-        "Check each box. Touch a box to correct it and type on the keyboard below. "
+        "Kiểm tra từng ô. Chạm vào ô cần sửa rồi gõ bằng bàn phím trên màn hình. Ô có dấu * là bắt buộc.",
+        "Check each box. Touch a box to correct it and type on the on-screen keyboard. "
         "Boxes marked * are required.",
     ),
     "submit.form.fix": ("Vui lòng sửa các ô được đánh dấu đỏ.", "Please correct the boxes marked in red."),

@@ -22,6 +22,7 @@ from kiosk_helpers import (
     CCCD_ID,
     CCCD_NAME,
     CCCD_PAYLOAD,
+    LANDSCAPE,
     PAGE_DUMP_JS,
     a11y_problems,
     shoot,
@@ -30,6 +31,7 @@ from kiosk_helpers import (
 from test_kiosk_lookup import wait_for
 from test_kiosk_printer import decode_qr
 
+from fleet.gateway.submissions import LocalSubmissionRegistry
 from hw.doccam import SimulatedDocumentCamera
 from hw.printer import SimulatedPrinter
 from kiosk_ui.harness import PtyScanner
@@ -196,3 +198,70 @@ def test_a_resident_submits_a_dossier_with_a_fee_in_chromium_through_agent_and_g
     wait_for(lambda: core.store.dump() == "" or CCCD_NAME not in core.store.dump(), "server wipe")
     assert printer.jobs == []
     assert recorder.outside(kiosk.url) == [] and recorder.errors == []
+
+
+def test_a_submission_in_english_landscape_with_large_text_fits_and_passes_a11y(
+    open_page: Callable[..., Any], tmp_path: Path
+) -> None:
+    """Marriage status confirmation (no fee, optional pages) in English at 1920×1080; large text on."""
+    from test_kiosk_submit_flow import GatewayPort
+
+    from fleet.broker import free_port
+    from fleet.gateway import GatewayConfig, build_dossier_service
+    from kiosk_ui.harness import ThreadedKiosk, settings_for_tests
+
+    service = build_dossier_service(GatewayConfig())
+    settings = settings_for_tests(tmp_path, free_port(), simulate_peripherals=True)
+    with ThreadedKiosk(settings, GatewayPort(service)) as kiosk:
+        page, recorder = open_page(kiosk.url + "/?lang=en", LANDSCAPE)
+        page.click("#app .tile-procedures")
+        page.wait_for_selector("#app .result")
+        page.click("#app [data-go=procedure][data-id='ht-tinh-trang-hon-nhan']")
+        page.click("#app [data-post='/api/submit/start']")
+        at_step(page, "identify")
+        page.click("#app [data-post='/api/submit/card-consent']")
+        page.wait_for_selector("#app .scan-prompt")
+        kiosk.kiosk.core.on_scan(CCCD_PAYLOAD)
+        at_step(page, "form")
+        page.click("#app [data-action=large]")
+        wait_js(page, "document.documentElement.classList.contains('large')")
+        size = page.evaluate("parseFloat(getComputedStyle(document.documentElement).fontSize)")
+        assert size >= 1.5 * 20
+        fits = "(c => c.scrollWidth <= c.clientWidth)(document.querySelector('#app .content'))"
+        assert page.evaluate(fits) and page.evaluate("document.documentElement.scrollWidth <= innerWidth")
+        assert "Marital status" in page.inner_text("#app") and "(from your ID card)" in page.inner_text(
+            "#app"
+        )
+        snap(page, "kiosk-submit-form-en-landscape-large")
+        assert a11y_problems(page) == []
+        page.click("#app [data-fv=dan_toc]")
+        type_form(page, "Kinh")
+        page.click("#app [data-fv=quoc_tich]")
+        type_form(page, "Vieejt Nam")
+        assert page.get_attribute("#app [data-fv=quoc_tich]", "data-value") == "Việt Nam"
+        page.click("#app [data-fv=tinh_trang_hon_nhan] [data-value='Chưa đăng ký kết hôn với ai']")
+        page.click("#app [data-fv=muc_dich_su_dung]")
+        type_form(page, "Ddeer keets hoon")
+        assert page.get_attribute("#app [data-fv=muc_dich_su_dung]", "data-value") == "Để kết hôn"
+        page.click("#app [data-action=form-save]")
+        at_step(page, "documents")
+        assert "Optional" in page.inner_text("#app")
+        page.click("#app [data-post='/api/submit/documents']")  # no page needed for this one
+        at_step(page, "review")
+        assert "Never married" in page.inner_text("#app") and page.evaluate(fits)
+        snap(page, "kiosk-submit-review-en-landscape-large")
+        page.click("#app [data-post='/api/submit/review']")
+        at_step(page, "consent")
+        page.click("#app [data-post='/api/submit/send']")
+        at_step(page, "done")
+        assert "This procedure has no fee." in page.inner_text("#app")
+        snap(page, "kiosk-submit-done-en-landscape-large")
+        assert a11y_problems(page) == [] and page.evaluate(fits)
+        assert isinstance(service.submissions, LocalSubmissionRegistry) and service.submissions.count() == 1
+        page.click("#app [data-action=end]")
+        page.wait_for_selector("html[data-ready=yes] .screen-signage", timeout=10000)
+        assert (
+            CCCD_NAME not in page.evaluate(PAGE_DUMP_JS)
+            and kiosk.kiosk.core.store.dump().count(CCCD_NAME) == 0
+        )
+        assert recorder.outside(kiosk.url) == [] and recorder.errors == []
