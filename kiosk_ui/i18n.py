@@ -304,6 +304,36 @@ STRINGS: dict[str, tuple[str, str]] = {
     # Spoken guidance (read aloud by the "Nghe" button; guidance only, never personal data)
     "guide.listen": ("Nghe hướng dẫn", "Listen"),
     "guide.auto": ("Tự động đọc", "Read aloud automatically"),
+    "guide.home": (
+        "Xin chào. Chạm vào một ô để bắt đầu: thủ tục hành chính và nộp hồ sơ, tra cứu hồ sơ, "
+        "định danh bằng thẻ căn cước, đánh giá dịch vụ, hoặc xem thông báo.",
+        "Hello. Touch a tile to start: procedures and submitting a dossier, tracking a dossier, "
+        "identifying with your ID card, rating the service, or announcements.",
+    ),
+    "guide.procedures": (
+        "Gõ tên thủ tục bằng bàn phím trên màn hình, có dấu hoặc không dấu, rồi chạm vào thủ tục cần xem. "
+        "Thủ tục có nhãn màu xanh có thể nộp hồ sơ ngay tại máy này.",
+        "Type a procedure name on the on-screen keyboard, then touch the procedure you need. "
+        "Procedures with a green label can be submitted at this kiosk.",
+    ),
+    "guide.procedure": (
+        "Đây là giấy tờ cần chuẩn bị, lệ phí và thời gian giải quyết. "
+        "Nếu có nút Nộp hồ sơ tại máy này, quý vị có thể nộp ngay.",
+        "Here are the documents to bring, the fee and the processing time. "
+        "If there is a Submit at this kiosk button, you can submit now.",
+    ),
+    "guide.lookup": (
+        "Đưa mã QR trên giấy biên nhận vào máy quét, hoặc gõ mã hồ sơ rồi bấm Tra cứu.",
+        "Hold the QR code on your receipt under the scanner, or type the dossier code and press Look up.",
+    ),
+    "guide.identity": (
+        "Đọc nội dung, bấm Tôi đồng ý, rồi đưa mặt sau thẻ căn cước có mã QR vào máy quét.",
+        "Read the text, press I agree, then hold the back of your ID card (QR code) under the scanner.",
+    ),
+    "guide.rating": (
+        "Chạm vào một khuôn mặt để cho biết mức hài lòng, rồi bấm Gửi đánh giá.",
+        "Touch a face to say how satisfied you are, then press Send rating.",
+    ),
     "guide.submit.identify": (
         "Bước một: định danh. Nếu quý vị đồng ý, bấm nút màu xanh rồi đưa mặt sau thẻ căn cước, "
         "có mã QR, vào máy quét. Nếu không muốn dùng thẻ, bấm nút tự nhập.",

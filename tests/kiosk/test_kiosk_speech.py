@@ -31,8 +31,11 @@ def test_espeak_reads_vietnamese_guidance_as_wav() -> None:
     assert en.startswith(b"RIFF") and en != vi
 
 
-def test_every_submission_step_has_guidance_in_both_languages_and_nothing_else_is_spoken() -> None:
+def test_every_screen_and_submission_step_has_guidance_in_both_languages_and_nothing_else_is_spoken() -> None:
     voice = GuideVoice(SilentSpeech())
+    for screen in ("home", "procedures", "procedure", "lookup", "identity", "rating"):
+        vi, en = STRINGS[f"guide.{screen}"]
+        assert vi.strip() and en.strip() and vi != en
     for step in SUBMIT_STEPS:
         vi, en = STRINGS[f"guide.submit.{step}"]
         assert vi.strip() and en.strip() and vi != en
@@ -51,4 +54,17 @@ def test_the_speak_route_serves_guidance_audio_only(tmp_path: Path) -> None:
         assert seconds(answer.content) > 2.0  # espeak-ng, not the silent stand-in
         assert client.get("/api/speak/id.name?lang=vi").status_code == 404
         assert client.get("/api/speak/guide.nope").status_code == 404
+    kiosk.core.link.stop()
+
+
+def test_every_screen_offers_its_guidance_aloud(tmp_path: Path) -> None:
+    kiosk = build(settings_for_tests(tmp_path, 0))
+    with TestClient(create_app(kiosk.state)) as client:
+        sid = client.post("/api/session", json={}).json()["sid"]
+        head = {"x-kiosk-session": sid}
+        for path in ("home", "procedures", "procedure?id=ht-ket-hon", "lookup", "identity", "rating"):
+            html = client.get(f"/screen/{path}", headers=head).text
+            key = html.split('data-say="', 1)[1].split('"', 1)[0]
+            assert key == f"guide.{path.split('?')[0]}"
+            assert client.get(f"/api/speak/{key}?lang=en").status_code == 200
     kiosk.core.link.stop()
