@@ -216,6 +216,7 @@ class SubmissionFlow:
         return {
             "submission_id": state.submission_id,
             "procedure": state.procedure_id,
+            "procedure_name": self.core.feed.index.by_id[state.procedure_id].name.get("vi", ""),
             "form": dict(state.values),
             "pages": pages,
         }

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleet.gateway.backends import DossierBackend
+from fleet.gateway.backends import DossierBackend, DossierNotFound
 from fleet.gateway.http_backend import MAX_TIMEOUT_S, HttpDossierBackend
 from fleet.gateway.local_registry import DEMO_REGISTRY, LocalRegistryDossierBackend
 from fleet.gateway.submissions import (
@@ -22,7 +22,7 @@ from fleet.gateway.submissions import (
     check_submission_id,
 )
 from fleet.rpc import RpcBadRequest
-from protocol.dossier import DOSSIER_CODE_RE, MAX_CODE_LENGTH, METHOD_LOOKUP
+from protocol.dossier import DOSSIER_CODE_RE, MAX_CODE_LENGTH, METHOD_LOOKUP, Dossier, DossierStep
 
 METHOD_SUBMIT = "submit"
 METHOD_RECEIPT = "receipt"
@@ -112,6 +112,14 @@ class DossierService:
         self.submissions = submissions
         self.fees = dict(fees or {})
 
+    def _submitted(self, code: str) -> Dossier | None:
+        if self.submissions is None:
+            return None
+        try:
+            return submitted_dossier(self.submissions.receipt(code))
+        except RpcBadRequest:
+            return None
+
     def call(self, method: str, params: dict[str, Any], device: str) -> dict[str, Any]:
         if self.submissions is not None and method == METHOD_SUBMIT:
             procedure = params.get("procedure")
@@ -119,7 +127,13 @@ class DossierService:
                 raise RpcBadRequest('dossier.submit needs params {"submission_id", "procedure"}')
             sid = check_submission_id(params.get("submission_id"))
             check_content(params.get("form"), params.get("pages"))
-            receipt = self.submissions.submit(sid, procedure, self.fees.get(procedure, 0))
+            name = params.get("procedure_name")
+            receipt = self.submissions.submit(
+                sid,
+                procedure,
+                self.fees.get(procedure, 0),
+                procedure_name=name[:300] if isinstance(name, str) else "",
+            )
             log.debug("dossier submitted from %s (%s)", device, receipt.payment)  # no code, no content
             return _receipt_dict(receipt)
         if self.submissions is not None and method == METHOD_RECEIPT:
@@ -127,9 +141,32 @@ class DossierService:
         if method != METHOD_LOOKUP:
             raise RpcBadRequest(f"dossier has no method {method!r} (use {METHOD_LOOKUP})")
         code = normalise_code(params.get("code"))
-        dossier = self.backend.lookup(code)
+        try:
+            dossier = self.backend.lookup(code)
+        except DossierNotFound:
+            submitted = self._submitted(code)
+            if submitted is None:
+                raise
+            dossier = submitted
         log.debug("dossier lookup for %s answered (%s)", device, dossier.status)  # no code: it is personal
         return dossier.with_labels().to_dict()
+
+
+def submitted_dossier(receipt: SubmissionReceipt) -> Dossier:
+    """A dossier just submitted online, as the lookup shows it until the city's system has it."""
+    day = receipt.code.split("-")[-2]
+    received = f"20{day[:2]}-{day[2:4]}-{day[4:]}"
+    note = None
+    if receipt.payment == "unpaid":
+        note = "Chưa thanh toán lệ phí: quét mã VietQR trên màn hình kiosk hoặc nộp tại bộ phận một cửa."
+    return Dossier(
+        code=receipt.code,
+        procedure=receipt.procedure_name or receipt.procedure_id,
+        status="received",
+        received_date=received,
+        steps=[DossierStep(name="Tiếp nhận hồ sơ trực tuyến tại kiosk", status="done", date=received)],
+        note=note,
+    )
 
 
 class GatewayConfig(BaseModel):

@@ -37,10 +37,14 @@ class SubmissionReceipt:
     payment: PaymentState
     vietqr: str | None
     """The payload to show as a QR while the fee is unpaid; None without a fee."""
+    procedure_name: str = ""
+    """The procedure's name as the kiosk showed it (Vietnamese), for lookups of the dossier."""
 
 
 class SubmissionBackend(Protocol):
-    def submit(self, submission_id: str, procedure_id: str, fee: int) -> SubmissionReceipt:
+    def submit(
+        self, submission_id: str, procedure_id: str, fee: int, *, procedure_name: str = ""
+    ) -> SubmissionReceipt:
         """Create the dossier, or answer the one already made for ``submission_id``."""
         ...
 
@@ -74,7 +78,13 @@ class LocalSubmissionRegistry:
         self._paid: dict[str, int] = {}
 
     def submit(
-        self, submission_id: str, procedure_id: str, fee: int, *, today: date | None = None
+        self,
+        submission_id: str,
+        procedure_id: str,
+        fee: int,
+        *,
+        procedure_name: str = "",
+        today: date | None = None,
     ) -> SubmissionReceipt:
         check_submission_id(submission_id)
         if fee < 0:
@@ -90,7 +100,7 @@ class LocalSubmissionRegistry:
             code = f"{self.agency}-{day}-{sequence:04d}"
             payload = encode(VietQR(self.bank_bin, self.account, fee, code)) if fee else None
             receipt = SubmissionReceipt(
-                submission_id, code, procedure_id, fee, "unpaid" if fee else "none", payload
+                submission_id, code, procedure_id, fee, "unpaid" if fee else "none", payload, procedure_name
             )
             self._by_submission[submission_id] = self._by_code[code] = receipt
             return receipt
@@ -103,7 +113,13 @@ class LocalSubmissionRegistry:
             self._paid[code] = self._paid.get(code, 0) + max(amount, 0)
             if receipt.payment == "unpaid" and self._paid[code] >= receipt.fee:
                 receipt = SubmissionReceipt(
-                    receipt.submission_id, code, receipt.procedure_id, receipt.fee, "paid", None
+                    receipt.submission_id,
+                    code,
+                    receipt.procedure_id,
+                    receipt.fee,
+                    "paid",
+                    None,
+                    receipt.procedure_name,
                 )
                 self._by_submission[receipt.submission_id] = self._by_code[code] = receipt
             return receipt

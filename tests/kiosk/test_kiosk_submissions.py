@@ -79,3 +79,24 @@ def test_submit_and_receipt_through_the_dossier_service() -> None:
         service.call("submit", {"submission_id": "x", "procedure": "cu-thuong-tru"}, "kiosk-1")
     with pytest.raises(RpcBadRequest):
         service.call("receipt", {"code": "000.00.01.H26-260101-0042"}, "kiosk-1")
+
+
+def test_a_submitted_dossier_is_found_by_lookup_as_received() -> None:
+    from fleet.gateway import DossierNotFound, GatewayConfig, build_dossier_service
+
+    service = build_dossier_service(GatewayConfig())
+    params = {
+        "submission_id": str(uuid.uuid4()),
+        "procedure": "cu-thuong-tru",
+        "procedure_name": "Đăng ký thường trú",
+    }
+    code = service.call("submit", params, "kiosk-1")["code"]
+    found = service.call("lookup", {"code": code.lower()}, "kiosk-1")
+    assert found["code"] == code and found["status"] == "received" and found["status_vi"] == "Đã tiếp nhận"
+    assert found["procedure"] == "Đăng ký thường trú" and "VietQR" in (found["note"] or "")
+    assert (
+        found["received_date"]
+        == f"20{code.split('-')[-2][:2]}-{code.split('-')[-2][2:4]}-{code.split('-')[-2][4:]}"
+    )
+    with pytest.raises(DossierNotFound):
+        service.call("lookup", {"code": "000.00.01.H26-260101-0042"}, "kiosk-1")

@@ -98,9 +98,10 @@ def test_a_resident_submits_a_dossier_with_a_fee_in_chromium_through_agent_and_g
     # 2. identify with the card's QR
     page.click("#app [data-post='/api/submit/card-consent']")
     page.wait_for_selector("#app .scan-prompt")
-    pty_scanner.write(CCCD_PAYLOAD.encode() + b"\r\n")
+    # the form arrives (pushed after the scan) and, in automatic mode, its guidance is fetched to play
+    with page.expect_request(lambda r: "/api/speak/guide.submit.form" in r.url, timeout=10000):
+        pty_scanner.write(CCCD_PAYLOAD.encode() + b"\r\n")
     at_step(page, "form")
-    wait_for(lambda: any("/api/speak/guide.submit.form" in u for u in recorder.urls), "automatic guidance")
     assert page.get_attribute("#app [data-fv=ho_ten]", "data-value") == CCCD_NAME
     assert page.get_attribute("#app [data-fv=ngay_sinh]", "data-value") == "15/08/1999"
     assert page.get_attribute("#app [data-fv=gioi_tinh] [aria-pressed=true]", "data-value") == "Nữ"
@@ -197,6 +198,16 @@ def test_a_resident_submits_a_dossier_with_a_fee_in_chromium_through_agent_and_g
         assert secret not in dump
     wait_for(lambda: core.store.dump() == "" or CCCD_NAME not in core.store.dump(), "server wipe")
     assert printer.jobs == []
+
+    # 8. later, the receipt's QR on the scanner: the lookup finds the new dossier
+    page.click(".touch-start")
+    page.wait_for_selector(".screen-home")
+    time.sleep(2.1)  # the scanner drops a repeat of the same code within 2 s (hw.scanner de-duplication)
+    pty_scanner.write(code.encode() + b"\r\n")
+    page.wait_for_selector("#app .dossier", timeout=6000)
+    assert "Đã tiếp nhận" in page.inner_text("#app .status") and "Đăng ký thường trú" in page.inner_text(
+        "#app"
+    )
     assert recorder.outside(kiosk.url) == [] and recorder.errors == []
 
 

@@ -252,6 +252,11 @@ def test_a_resident_submits_each_procedure_from_card_to_receipt(desk: Desk, proc
     assert code in texts and ("Đã thanh toán" if fee else "Không thu lệ phí") in texts
     assert CCCD_NAME not in texts and CCCD_ID not in texts
 
+    # the receipt's code is found by the lookup screen (the gateway answers it as received)
+    found = desk.post("/api/lookup", {"code": decode_qr(job.image)[0]})
+    assert 'class="dossier"' in found and "Đã tiếp nhận" in found
+    assert escape(procedure[procedure_id].name["vi"]) in found
+
     desk.client.post("/api/session/end", json={"reason": "end"}, headers={"x-kiosk-session": desk.sid})
     assert len(desk.kiosk.core.store) == 0 and desk.printer.jobs == []
     assert desk.client.get(f"/part/page/{first}/0?sid={desk.sid}").status_code == 404
