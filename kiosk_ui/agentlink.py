@@ -60,13 +60,16 @@ Outcome = Literal["found", "not_found", "unavailable"]
 SubmitOutcome = Literal["ok", "refused", "unavailable"]
 METHOD_SUBMIT = "submit"
 METHOD_RECEIPT = "receipt"
+METHOD_UPLOAD_PAGE = "upload_page"
+METHOD_PAGES = "pages"
 
 
 @dataclass(frozen=True)
 class SubmitResult:
     outcome: SubmitOutcome
     receipt: dict[str, Any] | None = None
-    """The gateway's answer: submission_id, code, procedure, fee, payment, vietqr."""
+    """The gateway's answer: for submit/receipt submission_id, code, procedure, fee, payment, vietqr;
+    for pages/upload_page ``held``."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,15 @@ class AgentLink:
         """``dossier.receipt``: the payment state of a submitted dossier."""
         return self._submit_call(METHOD_RECEIPT, {"code": code})
 
-    def _submit_call(self, method: str, params: dict[str, Any]) -> SubmitResult:
+    def held_pages(self, submission_id: str) -> SubmitResult:
+        """``dossier.pages``: which pages of this submission the gateway already has."""
+        return self._submit_call(METHOD_PAGES, {"submission_id": submission_id}, want="held")
+
+    def upload_page(self, params: dict[str, Any]) -> SubmitResult:
+        """``dossier.upload_page``: one page (each in its own request, under the MQTT size limit)."""
+        return self._submit_call(METHOD_UPLOAD_PAGE, params, want="held")
+
+    def _submit_call(self, method: str, params: dict[str, Any], want: str = "code") -> SubmitResult:
         future = self._pool.submit(self.client.rpc, SERVICE, method, params, self.lookup_timeout_s)
         try:
             raw = future.result(timeout=self.lookup_timeout_s + 0.5)
@@ -152,7 +163,7 @@ class AgentLink:
             outcome: SubmitOutcome = "refused" if code in ("bad_request", "not_found") else "unavailable"
             log.info("dossier.%s: %s (%s)", method, outcome, type(exc).__name__)
             return SubmitResult(outcome)
-        if not isinstance(raw, dict) or not isinstance(raw.get("code"), str):
+        if not isinstance(raw, dict) or want not in raw:
             log.warning("dossier.%s: the answer does not look like a receipt", method)
             return SubmitResult("unavailable")
         return SubmitResult("ok", raw)

@@ -46,6 +46,10 @@ def build_printer(settings: KioskSettings) -> ReceiptPrinter | None:
     return None
 
 
+MAX_PAGE_JPEG = 150 * 1024
+"""A cleaned page must fit one ``dossier.upload_page`` request (the gateway takes up to 160 KiB)."""
+
+
 def build_doccam(settings: KioskSettings) -> DocumentCamera | None:
     if settings.doccam:
         from hw.doccam import V4L2DocumentCamera
@@ -134,8 +138,11 @@ class Devices:
         if not result.ok or result.page is None:
             self.metrics.count("pages_refused")
             return Shot(None, (result.reason_vi, result.reason_en))
-        ok, encoded = cv2.imencode(".jpg", result.page, [cv2.IMWRITE_JPEG_QUALITY, 70])
-        if not ok:
+        for quality in (70, 55, 40):  # small enough for one upload request (fleet.gateway: 160 KiB)
+            ok, encoded = cv2.imencode(".jpg", result.page, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok or len(encoded) <= MAX_PAGE_JPEG:
+                break
+        if not ok or len(encoded) > MAX_PAGE_JPEG:
             return Shot(
                 None, ("Không lưu được ảnh. Vui lòng chụp lại.", "The photo was not kept. Please retake it.")
             )

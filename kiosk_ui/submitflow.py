@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from kiosk_ui.agentlink import SubmitOutcome, SubmitResult
 from kiosk_ui.forms import Form, check_pages, clean_value, prefill, validate_form
 from kiosk_ui.i18n import STRINGS
 from kiosk_ui.parsers import ParseError, parse_cccd
@@ -202,17 +203,38 @@ class SubmissionFlow:
             state.step = "consent"
         return self._render(session)
 
-    def params(self, state: SubmissionState) -> dict[str, Any]:
-        pages = [
-            {
-                "document": doc,
-                "page": n + 1,
-                "sha256": hashlib.sha256(jpeg).hexdigest(),
-                "jpeg": base64.b64encode(jpeg).decode("ascii"),
-            }
+    @staticmethod
+    def manifest(state: SubmissionState) -> list[tuple[dict[str, Any], bytes]]:
+        """Every page as its ``dossier.submit`` entry and its JPEG."""
+        return [
+            ({"document": doc, "page": n + 1, "sha256": hashlib.sha256(jpeg).hexdigest()}, jpeg)
             for doc, shots in state.pages.items()
             for n, jpeg in enumerate(shots)
         ]
+
+    def upload_pages(self, state: SubmissionState) -> SubmitOutcome:
+        """Send the pages the gateway does not have yet, one request each (resumes a broken upload)."""
+        held = self.core.link.held_pages(state.submission_id)
+        if held.outcome != "ok" or held.receipt is None:
+            return held.outcome
+        have = set(held.receipt.get("held") or [])
+        for entry, jpeg in self.manifest(state):
+            if entry["sha256"] in have:
+                continue
+            sent = self.core.link.upload_page(
+                {
+                    "submission_id": state.submission_id,
+                    "sha256": entry["sha256"],
+                    "jpeg": base64.b64encode(jpeg).decode("ascii"),
+                }
+            )
+            if sent.outcome != "ok":
+                return sent.outcome
+            have.add(entry["sha256"])
+        return "ok"
+
+    def params(self, state: SubmissionState) -> dict[str, Any]:
+        pages = [entry for entry, _ in self.manifest(state)]
         return {
             "submission_id": state.submission_id,
             "procedure": state.procedure_id,
@@ -230,7 +252,8 @@ class SubmissionFlow:
             state.step = "review"  # cannot happen through the screens; never send a wrong dossier
             return self._render(session)
         state.attempts += 1
-        result = self.core.link.submit(self.params(state))
+        uploaded = self.upload_pages(state) if state.pages else "ok"
+        result = self.core.link.submit(self.params(state)) if uploaded == "ok" else SubmitResult(uploaded)
         if not self.core.store.alive(session.sid) or session.submission is not state:
             return self._render(session)  # the resident left meanwhile
         if result.outcome == "ok" and result.receipt is not None:

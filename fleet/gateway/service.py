@@ -6,6 +6,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +27,8 @@ from protocol.dossier import DOSSIER_CODE_RE, MAX_CODE_LENGTH, METHOD_LOOKUP, Do
 
 METHOD_SUBMIT = "submit"
 METHOD_RECEIPT = "receipt"
+METHOD_UPLOAD_PAGE = "upload_page"
+METHOD_PAGES = "pages"
 DEMO_FEES: dict[str, int] = {
     "ht-trich-luc": 8000,
     "cu-thuong-tru": 10000,
@@ -51,13 +54,34 @@ def normalise_code(value: Any) -> str:
 MAX_FORM_FIELDS = 60
 MAX_FORM_VALUE = 300
 MAX_PAGES = 40
-MAX_PAGE_BYTES = 3 * 1024 * 1024
+MAX_PAGE_BYTES = 160 * 1024
+"""One page per ``upload_page`` request: its base64 stays well inside a 256 KiB MQTT message."""
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
-def check_content(form: object, pages: object) -> int:
-    """Check a submission's form (``{field: text}``) and pages (``[{document, page, sha256, jpeg}]``,
-    JPEG as base64, its SHA-256 checked); RpcBadRequest says what is wrong. Returns the page count.
-    Both may be absent (an older kiosk submits the procedure only)."""
+def check_page(page: object) -> tuple[str, bytes]:
+    """``{"sha256", "jpeg"}`` (base64 JPEG) → (sha256, bytes); RpcBadRequest when it is not a JPEG
+    of at most MAX_PAGE_BYTES or does not match its hash."""
+    if not isinstance(page, dict) or not isinstance(page.get("jpeg"), str):
+        raise RpcBadRequest("a page needs sha256 and jpeg (base64)")
+    sha = page.get("sha256")
+    if not isinstance(sha, str) or not _SHA256_HEX.fullmatch(sha):
+        raise RpcBadRequest("a page needs its sha256 (64 lower-case hex digits)")
+    try:
+        data = base64.b64decode(page["jpeg"], validate=True)
+    except ValueError as exc:
+        raise RpcBadRequest("a page's jpeg is not base64") from exc
+    if len(data) > MAX_PAGE_BYTES or not data.startswith(b"\xff\xd8"):
+        raise RpcBadRequest("a page is not a JPEG image of at most 160 KiB")
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise RpcBadRequest("a page arrived damaged (its SHA-256 does not match); send it again")
+    return sha, data
+
+
+def check_content(form: object, pages: object) -> list[str]:
+    """Check a submission's form (``{field: text}``) and page list (``[{document, page, sha256}]``,
+    the pages themselves uploaded before by ``upload_page``); RpcBadRequest says what is wrong.
+    Returns the pages' hashes. Both may be absent (an older kiosk submits the procedure only)."""
     if form is not None:
         if not isinstance(form, dict) or len(form) > MAX_FORM_FIELDS:
             raise RpcBadRequest("form must be an object of at most 60 fields")
@@ -66,21 +90,16 @@ def check_content(form: object, pages: object) -> int:
         ):
             raise RpcBadRequest("form values must be texts of at most 300 characters")
     if pages is None:
-        return 0
+        return []
     if not isinstance(pages, list) or len(pages) > MAX_PAGES:
         raise RpcBadRequest("pages must be a list of at most 40 pages")
+    hashes = []
     for page in pages:
-        if not isinstance(page, dict) or not isinstance(page.get("jpeg"), str):
-            raise RpcBadRequest("each page needs document, page, sha256 and jpeg (base64)")
-        try:
-            data = base64.b64decode(page["jpeg"], validate=True)
-        except ValueError as exc:
-            raise RpcBadRequest("a page's jpeg is not base64") from exc
-        if len(data) > MAX_PAGE_BYTES or not data.startswith(b"\xff\xd8"):
-            raise RpcBadRequest("a page is not a JPEG image of at most 3 MiB")
-        if hashlib.sha256(data).hexdigest() != page.get("sha256"):
-            raise RpcBadRequest("a page arrived damaged (its SHA-256 does not match); send it again")
-    return len(pages)
+        sha = page.get("sha256") if isinstance(page, dict) else None
+        if not isinstance(sha, str) or not _SHA256_HEX.fullmatch(sha):
+            raise RpcBadRequest("each page needs document, page and sha256")
+        hashes.append(sha)
+    return hashes
 
 
 def _receipt_dict(receipt: SubmissionReceipt) -> dict[str, Any]:
@@ -97,9 +116,17 @@ def _receipt_dict(receipt: SubmissionReceipt) -> dict[str, Any]:
 class DossierService:
     """``dossier.lookup {"code"}`` → the dossier as a dict; errors are fleet.rpc RpcError subclasses.
 
-    With a submission backend also ``dossier.submit {"submission_id", "procedure"}`` (idempotent by
-    submission id; the fee comes from the gateway's fee table, never from the device) and
-    ``dossier.receipt {"code"}`` (payment state of a submitted dossier).
+    With a submission backend also:
+
+    - ``dossier.upload_page {"submission_id", "sha256", "jpeg"}`` (one page per request, base64 JPEG,
+      hash checked, idempotent) and ``dossier.pages {"submission_id"}`` (the hashes already held: a
+      broken upload resumes with the pages still missing);
+    - ``dossier.submit {"submission_id", "procedure", "procedure_name"?, "form"?, "pages"?:
+      [{"document", "page", "sha256"}]}`` (every listed page must have been uploaded; idempotent by
+      submission id; the fee comes from the gateway's fee table, never from the device);
+    - ``dossier.receipt {"code"}`` (payment state of a submitted dossier).
+
+    ``dossier.lookup`` also answers a dossier just submitted here, as received.
     """
 
     def __init__(
@@ -126,7 +153,10 @@ class DossierService:
             if not isinstance(procedure, str) or not 0 < len(procedure) <= 64:
                 raise RpcBadRequest('dossier.submit needs params {"submission_id", "procedure"}')
             sid = check_submission_id(params.get("submission_id"))
-            check_content(params.get("form"), params.get("pages"))
+            hashes = check_content(params.get("form"), params.get("pages"))
+            missing = sorted(set(hashes) - set(self.submissions.held_pages(sid)))
+            if missing:
+                raise RpcBadRequest(f"{len(missing)} page(s) of this submission were not uploaded yet")
             name = params.get("procedure_name")
             receipt = self.submissions.submit(
                 sid,
@@ -136,6 +166,12 @@ class DossierService:
             )
             log.debug("dossier submitted from %s (%s)", device, receipt.payment)  # no code, no content
             return _receipt_dict(receipt)
+        if self.submissions is not None and method == METHOD_UPLOAD_PAGE:
+            sid = check_submission_id(params.get("submission_id"))
+            sha, data = check_page(params)
+            return {"held": self.submissions.put_page(sid, sha, data)}
+        if self.submissions is not None and method == METHOD_PAGES:
+            return {"held": self.submissions.held_pages(check_submission_id(params.get("submission_id")))}
         if self.submissions is not None and method == METHOD_RECEIPT:
             return _receipt_dict(self.submissions.receipt(normalise_code(params.get("code"))))
         if method != METHOD_LOOKUP:

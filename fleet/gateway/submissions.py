@@ -25,6 +25,7 @@ from protocol.vietqr import VietQR, encode
 PaymentState = Literal["none", "unpaid", "paid"]
 """``none``: the procedure has no fee."""
 
+MAX_PAGES_PER_SUBMISSION = 40
 _SUBMISSION_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -54,6 +55,14 @@ class SubmissionBackend(Protocol):
 
     def receipt(self, code: str) -> SubmissionReceipt: ...
 
+    def put_page(self, submission_id: str, sha256: str, data: bytes) -> int:
+        """Keep one uploaded page of a submission being made (idempotent by its hash); pages held."""
+        ...
+
+    def held_pages(self, submission_id: str) -> list[str]:
+        """The SHA-256 of every page already uploaded for ``submission_id`` (to resume an upload)."""
+        ...
+
 
 def check_submission_id(value: object) -> str:
     if not isinstance(value, str) or not _SUBMISSION_ID_RE.fullmatch(value):
@@ -76,6 +85,9 @@ class LocalSubmissionRegistry:
         self._by_submission: dict[str, SubmissionReceipt] = {}
         self._by_code: dict[str, SubmissionReceipt] = {}
         self._paid: dict[str, int] = {}
+        self._pages: dict[str, dict[str, int]] = {}
+        """Uploaded pages by submission id: {sha256: size}. The demo registry checks pages but does
+        not keep their content; an adapter to the city's system forwards them."""
 
     def submit(
         self,
@@ -130,6 +142,20 @@ class LocalSubmissionRegistry:
         if receipt is None:
             raise RpcBadRequest("no submitted dossier has this code")
         return receipt
+
+    def put_page(self, submission_id: str, sha256: str, data: bytes) -> int:
+        check_submission_id(submission_id)
+        with self._lock:
+            pages = self._pages.setdefault(submission_id, {})
+            if sha256 not in pages and len(pages) >= MAX_PAGES_PER_SUBMISSION:
+                raise RpcBadRequest(f"a submission has at most {MAX_PAGES_PER_SUBMISSION} pages")
+            pages[sha256] = len(data)
+            return len(pages)
+
+    def held_pages(self, submission_id: str) -> list[str]:
+        check_submission_id(submission_id)
+        with self._lock:
+            return sorted(self._pages.get(submission_id, {}))
 
     def count(self) -> int:
         with self._lock:
