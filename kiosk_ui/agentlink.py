@@ -57,6 +57,19 @@ def local_api_client(data_dir: Path) -> AgentPort:
 
 
 Outcome = Literal["found", "not_found", "unavailable"]
+SubmitOutcome = Literal["ok", "refused", "unavailable"]
+METHOD_SUBMIT = "submit"
+METHOD_RECEIPT = "receipt"
+METHOD_UPLOAD_PAGE = "upload_page"
+METHOD_PAGES = "pages"
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    outcome: SubmitOutcome
+    receipt: dict[str, Any] | None = None
+    """The gateway's answer: for submit/receipt submission_id, code, procedure, fee, payment, vietqr;
+    for pages/upload_page ``held``."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,42 @@ class AgentLink:
             log.warning("dossier lookup: the answer does not look like a dossier")
             return LookupResult("unavailable")
         return LookupResult("found", dossier.to_dict())
+
+    def submit(self, params: dict[str, Any]) -> SubmitResult:
+        """``dossier.submit`` through the agent; always answers within ``lookup_timeout_s`` + 0.5 s.
+
+        ``refused``: the gateway said the request is wrong (it will not work by retrying);
+        ``unavailable``: no answer (agent, link or the city's system down) — a retry with the same
+        submission id is safe, the gateway makes one dossier per id."""
+        return self._submit_call(METHOD_SUBMIT, params)
+
+    def receipt(self, code: str) -> SubmitResult:
+        """``dossier.receipt``: the payment state of a submitted dossier."""
+        return self._submit_call(METHOD_RECEIPT, {"code": code})
+
+    def held_pages(self, submission_id: str) -> SubmitResult:
+        """``dossier.pages``: which pages of this submission the gateway already has."""
+        return self._submit_call(METHOD_PAGES, {"submission_id": submission_id}, want="held")
+
+    def upload_page(self, params: dict[str, Any]) -> SubmitResult:
+        """``dossier.upload_page``: one page (each in its own request, under the MQTT size limit)."""
+        return self._submit_call(METHOD_UPLOAD_PAGE, params, want="held")
+
+    def _submit_call(self, method: str, params: dict[str, Any], want: str = "code") -> SubmitResult:
+        future = self._pool.submit(self.client.rpc, SERVICE, method, params, self.lookup_timeout_s)
+        try:
+            raw = future.result(timeout=self.lookup_timeout_s + 0.5)
+        except FutureTimeout:
+            return SubmitResult("unavailable")
+        except Exception as exc:  # boundary: any failure of the agent path is answered in words
+            code = getattr(exc, "code", None)
+            outcome: SubmitOutcome = "refused" if code in ("bad_request", "not_found") else "unavailable"
+            log.info("dossier.%s: %s (%s)", method, outcome, type(exc).__name__)
+            return SubmitResult(outcome)
+        if not isinstance(raw, dict) or want not in raw:
+            log.warning("dossier.%s: the answer does not look like a receipt", method)
+            return SubmitResult("unavailable")
+        return SubmitResult("ok", raw)
 
     def desired_config(self) -> dict[str, Any] | None:
         try:

@@ -28,10 +28,11 @@ from kiosk_ui.core import KioskCore
 from kiosk_ui.fonts import FontCache
 from kiosk_ui.i18n import normalise_lang
 from kiosk_ui.sessions import Session, SessionGone
+from kiosk_ui.speech import SpeechError
 from kiosk_ui.views import SCREENS
 
 SESSION_HEADER = "x-kiosk-session"
-MAX_BODY = 8 * 1024
+MAX_BODY = 32 * 1024
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; font-src 'self'; "
     "connect-src 'self'; media-src 'self'; object-src 'none'; frame-src 'none'; worker-src 'none'; "
@@ -179,7 +180,10 @@ def build_routes(state: AppState) -> list[Route | Mount]:
         async def handler(request: Request) -> Response:
             data = await _json(request)
             args = [data.get(f) for f in fields]
-            html = await run_in_threadpool(fn, _sid(request), *args)
+            try:
+                html = await run_in_threadpool(fn, _sid(request), *args)
+            except KeyError:
+                return Response("unknown item", status_code=404)
             return _fragment(html, screen_name)
 
         return handler
@@ -192,6 +196,28 @@ def build_routes(state: AppState) -> list[Route | Mount]:
         except SessionGone:
             return _gone()
         return _fragment(html, "lookup")
+
+    async def page_image(request: Request) -> Response:
+        """A photographed page of the dossier being prepared (from the session's memory)."""
+        try:
+            index = int(request.path_params["index"])
+            data = core.flow.page_jpeg(request.query_params.get("sid"), request.path_params["doc"], index)
+        except (SessionGone, ValueError):
+            return Response(status_code=404)
+        if data is None:
+            return Response(status_code=404)
+        return Response(data, media_type="image/jpeg")
+
+    async def speak(request: Request) -> Response:
+        """Spoken guidance: the WAV of one ``guide.*`` text (never anything a resident gave)."""
+        lang = normalise_lang(request.query_params.get("lang"))
+        try:
+            audio = await run_in_threadpool(core.voice.audio, request.path_params["key"], lang)
+        except KeyError:
+            return Response(status_code=404)
+        except SpeechError:
+            return Response(status_code=503)
+        return Response(audio, media_type="audio/wav")
 
     async def events(request: Request) -> Response:
         sid = request.query_params.get("sid", "")
@@ -240,6 +266,29 @@ def build_routes(state: AppState) -> list[Route | Mount]:
         Route("/api/identity/consent", action(core.consent, "identity"), methods=["POST"]),
         Route("/api/identity/clear", action(core.clear_identity, "identity"), methods=["POST"]),
         Route("/api/rating", action(core.rate, "rating", "score", "reasons"), methods=["POST"]),
+        Route("/api/submit/start", action(core.flow.start, "submit", "procedure"), methods=["POST"]),
+        Route("/api/submit/card-consent", action(core.flow.card_consent, "submit"), methods=["POST"]),
+        Route("/api/submit/skip-card", action(core.flow.skip_card, "submit"), methods=["POST"]),
+        Route("/api/submit/form", action(core.flow.save_form, "submit", "values"), methods=["POST"]),
+        Route("/api/submit/keep", action(core.flow.keep_form, "submit", "values"), methods=["POST"]),
+        Route("/api/submit/back", action(core.flow.back, "submit", "step"), methods=["POST"]),
+        Route(
+            "/api/submit/capture",
+            action(core.flow.capture, "submit", "document", "replace"),
+            methods=["POST"],
+        ),
+        Route(
+            "/api/submit/page",
+            action(core.flow.page_op, "submit", "document", "index", "op"),
+            methods=["POST"],
+        ),
+        Route("/api/submit/documents", action(core.flow.documents_done, "submit"), methods=["POST"]),
+        Route("/api/submit/review", action(core.flow.review_done, "submit"), methods=["POST"]),
+        Route("/api/submit/send", action(core.flow.send, "submit"), methods=["POST"]),
+        Route("/api/submit/payment", action(core.flow.payment, "submit"), methods=["POST"]),
+        Route("/api/submit/print", action(core.flow.print_receipt, "submit"), methods=["POST"]),
+        Route("/part/page/{doc}/{index}", page_image),
+        Route("/api/speak/{key}", speak),
         Route("/api/dev/scan", dev_scan, methods=["POST"]),
         Route("/font/fonts.css", font_css),
         Route("/font/{name}.woff", font_file),

@@ -44,9 +44,13 @@ def build_kiosk_app() -> typer.Typer:
         printer: Annotated[
             str | None, typer.Option(help="Receipt printer: device path or pyserial URL.")
         ] = None,
+        doccam: Annotated[
+            str | None, typer.Option(help="Document camera: V4L2 device path (e.g. /dev/video0).")
+        ] = None,
         http: Http = "127.0.0.1:8080",
         simulate_peripherals: Annotated[
-            bool, typer.Option("--simulate-peripherals", help="Simulated scanner and printer.")
+            bool,
+            typer.Option("--simulate-peripherals", help="Simulated scanner, printer and document camera."),
         ] = False,
         idle_s: Annotated[float, typer.Option(help="Seconds without input before the warning.")] = 60.0,
         warn_s: Annotated[float, typer.Option(help="Seconds the warning lasts before the reset.")] = 15.0,
@@ -71,6 +75,7 @@ def build_kiosk_app() -> typer.Typer:
             http_port=port,
             scanner=scanner,
             printer=printer,
+            doccam=doccam,
             simulate_peripherals=simulate_peripherals,
             idle_s=idle_s,
             warn_s=warn_s,

@@ -21,8 +21,11 @@ class KioskSettings(BaseModel):
     printer: str | None = Field(
         default=None, description="Receipt printer: a device path or pyserial URL; None = no printer."
     )
+    doccam: str | None = Field(
+        default=None, description="Document camera: a V4L2 device path (/dev/video0); None = no camera."
+    )
     simulate_peripherals: bool = Field(
-        default=False, description="Use the simulated scanner and printer (demo, development)."
+        default=False, description="Simulated scanner, printer and document camera (demo, development)."
     )
     idle_s: float = Field(default=60.0, gt=0, description="Seconds without input before the idle warning.")
     warn_s: float = Field(default=15.0, gt=0, description="Seconds the idle warning lasts before reset.")

@@ -23,6 +23,7 @@ from typing import Any, Generic, Literal, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kiosk_ui.forms import Form
 from kiosk_ui.i18n import Lang, pick
 from kiosk_ui.search import SearchDoc, make_doc, search
 from protocol.errors import SignatureError
@@ -56,6 +57,10 @@ class Procedure(_Content):
     online_level: Literal["full", "partial", "none"] = Field(description="Online public service level.")
     documents: list[Text] = Field(default_factory=list, description="Documents to bring, each {vi, en}.")
     keywords: list[str] = Field(default_factory=list, description="Extra search words (any language).")
+    form: Form | None = Field(
+        default=None,
+        description="Submission form (fields, documents to photograph, fee); see kiosk_ui.forms.",
+    )
 
 
 class Catalogue(_Content):
@@ -185,4 +190,5 @@ def localise(procedure: Procedure, lang: Lang) -> dict[str, Any]:
         "fee": pick(lang, procedure.fee),
         "online_level": procedure.online_level,
         "documents": [pick(lang, d) for d in procedure.documents],
+        "can_submit": procedure.form is not None,
     }

@@ -19,6 +19,8 @@ from kiosk_ui.i18n import RATING_REASONS, STRINGS, Lang
 from kiosk_ui.parsers import ParseError, parse_cccd, parse_dossier_code
 from kiosk_ui.render import Renderer
 from kiosk_ui.sessions import Message, Session, SessionStore
+from kiosk_ui.speech import GuideVoice, SilentSpeech
+from kiosk_ui.submitflow import SubmissionFlow
 from kiosk_ui.views import say, say_other, screen_context
 from protocol.timefmt import now_ts
 
@@ -48,6 +50,7 @@ class KioskCore:
         renderer: Renderer,
         bus: EventBus,
         session_ttl_s: float,
+        voice: GuideVoice | None = None,
     ) -> None:
         self.feed = feed
         self.link = link
@@ -55,8 +58,10 @@ class KioskCore:
         self.metrics = metrics
         self.renderer = renderer
         self.bus = bus
+        self.voice = voice or GuideVoice(SilentSpeech())
         self.store = SessionStore(session_ttl_s, on_end=self._session_ended)
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kiosk-work")
+        self.flow = SubmissionFlow(self)
 
     # --- sessions -------------------------------------------------------------------------
     def open_session(self, lang: Lang) -> Session:
@@ -208,6 +213,11 @@ class KioskCore:
             return  # nobody in front of the kiosk page: drop the scan
         if session.screen == "identity":
             self._scan_identity(session, text)
+        elif session.screen == "submit" and session.submission is not None:
+            if session.submission.step == "identify":
+                self.flow.on_card(session, text)
+            else:
+                self.toast(session, STRINGS["scan.unknown"])
         elif looks_like_cccd(text):
             self.toast(session, STRINGS["id.open_first"])
         else:

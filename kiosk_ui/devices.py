@@ -1,13 +1,16 @@
-"""The kiosk's peripherals: the QR scanner and the receipt printer (``hw.scanner``, ``hw.printer``)."""
+"""The kiosk's peripherals: the QR scanner, the receipt printer and the document camera
+(``hw.scanner``, ``hw.printer``, ``hw.doccam``)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from agent.kiosk.metrics import KioskMetrics
+from hw.doccam import DocumentCamera, DocumentCameraError
 from hw.printer import (
     PaperOut,
     PaperState,
@@ -43,6 +46,30 @@ def build_printer(settings: KioskSettings) -> ReceiptPrinter | None:
     return None
 
 
+MAX_PAGE_JPEG = 150 * 1024
+"""A cleaned page must fit one ``dossier.upload_page`` request (the gateway takes up to 160 KiB)."""
+
+
+def build_doccam(settings: KioskSettings) -> DocumentCamera | None:
+    if settings.doccam:
+        from hw.doccam import V4L2DocumentCamera
+
+        return V4L2DocumentCamera(settings.doccam)
+    if settings.simulate_peripherals:
+        from hw.doccam import SimulatedDocumentCamera
+
+        return SimulatedDocumentCamera()
+    return None
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One photographed page: the cleaned page as JPEG, or why it was refused (vi, en)."""
+
+    jpeg: bytes | None
+    reason: tuple[str, str] | None = None
+
+
 PrintOutcome = str
 """An i18n key: print.ok, print.paper_out, print.offline, print.none."""
 
@@ -51,12 +78,18 @@ class Devices:
     """Scanner callbacks in, printer jobs out, both states kept in the kiosk metrics."""
 
     def __init__(
-        self, scanner: QrScanner | None, printer: ReceiptPrinter | None, metrics: KioskMetrics
+        self,
+        scanner: QrScanner | None,
+        printer: ReceiptPrinter | None,
+        metrics: KioskMetrics,
+        doccam: DocumentCamera | None = None,
     ) -> None:
         self.scanner = scanner
         self.printer = printer
+        self.doccam = doccam
         self.metrics = metrics
         self._print_lock = threading.Lock()
+        self._camera_lock = threading.Lock()
         if scanner is None:
             metrics.set_scanner("absent")
         if printer is None:
@@ -75,6 +108,46 @@ class Devices:
     def stop(self) -> None:
         if self.scanner is not None:
             self.scanner.stop()
+        if self.doccam is not None:
+            self.doccam.close()
+
+    def photograph_page(self) -> Shot:
+        """Take a photo of the tray and clean it (``kiosk_ui.docpipeline``); the photo itself is
+        dropped here, only the cleaned page (JPEG, in memory) is kept."""
+        if self.doccam is None:
+            return Shot(None, ("Máy này không có camera chụp giấy tờ.", "This kiosk has no document camera."))
+        import cv2
+
+        from kiosk_ui.docpipeline import clean_page
+
+        with self._camera_lock:
+            try:
+                photo = self.doccam.capture()
+            except DocumentCameraError as exc:
+                log.warning("document camera: %s", exc)
+                self.metrics.count("doccam_errors")
+                return Shot(
+                    None,
+                    (
+                        "Camera chụp giấy tờ đang không hoạt động. Vui lòng báo cán bộ tiếp nhận.",
+                        "The document camera is not working. Please tell a staff member.",
+                    ),
+                )
+        result = clean_page(photo)
+        del photo
+        if not result.ok or result.page is None:
+            self.metrics.count("pages_refused")
+            return Shot(None, (result.reason_vi, result.reason_en))
+        for quality in (70, 55, 40):  # small enough for one upload request (fleet.gateway: 160 KiB)
+            ok, encoded = cv2.imencode(".jpg", result.page, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if not ok or len(encoded) <= MAX_PAGE_JPEG:
+                break
+        if not ok or len(encoded) > MAX_PAGE_JPEG:
+            return Shot(
+                None, ("Không lưu được ảnh. Vui lòng chụp lại.", "The photo was not kept. Please retake it.")
+            )
+        self.metrics.count("pages")
+        return Shot(encoded.tobytes())
 
     def _scanner_state(self, state: ScannerState) -> None:
         self.metrics.set_scanner(state.status.value, message=state.message)

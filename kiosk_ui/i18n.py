@@ -80,6 +80,7 @@ STRINGS: dict[str, tuple[str, str]] = {
     "kbd.space": ("Dấu cách", "Space"),
     "kbd.backspace": ("Xoá lùi", "Delete"),
     "kbd.clear": ("Xoá hết", "Clear all"),
+    "kbd.shift": ("Chữ hoa", "Capital"),
     "kbd.telex.on": ("Gõ dấu: bật", "Accents: on"),
     "kbd.telex.off": ("Gõ dấu: tắt", "Accents: off"),
     "kbd.label": ("Bàn phím", "Keyboard"),
@@ -203,6 +204,168 @@ STRINGS: dict[str, tuple[str, str]] = {
     "rate.pick": ("Vui lòng chọn một mức hài lòng.", "Please choose how satisfied you are first."),
     "rate.thanks": ("Cảm ơn quý vị đã đánh giá!", "Thank you for your feedback!"),
     "rate.anon": ("Đánh giá không kèm thông tin cá nhân.", "Ratings are anonymous."),
+    # Submitting a dossier
+    "proc.submit": ("Nộp hồ sơ tại máy này", "Submit at this kiosk"),
+    "submit.title": ("Nộp hồ sơ", "Submit a dossier"),
+    "submit.none": (
+        "Chưa chọn thủ tục. Mời chọn thủ tục cần nộp trong danh sách thủ tục.",
+        "No procedure chosen yet. Please choose one from the procedures list.",
+    ),
+    "submit.steps": ("Các bước nộp hồ sơ", "Submission steps"),
+    "submit.step.identify": ("Định danh", "Identify"),
+    "submit.step.form": ("Tờ khai", "Form"),
+    "submit.step.documents": ("Giấy tờ", "Documents"),
+    "submit.step.review": ("Kiểm tra", "Review"),
+    "submit.step.consent": ("Xác nhận", "Confirm"),
+    "submit.step.done": ("Hoàn tất", "Done"),
+    "submit.identify.heading": ("Điền sẵn tờ khai từ thẻ CCCD", "Pre-fill the form from your ID card"),
+    "submit.identify.privacy": (
+        "Thông tin chỉ dùng cho hồ sơ này, chỉ được gửi khi quý vị xác nhận nộp, "
+        "và bị xoá khỏi máy khi quý vị kết thúc hoặc rời máy.",
+        "Your details are used only for this dossier, sent only when you confirm, "
+        "and erased from the kiosk when you finish or leave.",
+    ),
+    "submit.identify.agree": ("Đồng ý, quét thẻ CCCD", "I agree, scan my ID card"),
+    "submit.identify.manual": ("Tự nhập, không dùng thẻ", "Type it myself, without the card"),
+    "submit.form.hint": (
+        "Kiểm tra từng ô. Chạm vào ô cần sửa rồi gõ bằng bàn phím trên màn hình. Ô có dấu * là bắt buộc.",
+        "Check each box. Touch a box to correct it and type on the on-screen keyboard. "
+        "Boxes marked * are required.",
+    ),
+    "submit.form.fix": ("Vui lòng sửa các ô được đánh dấu đỏ.", "Please correct the boxes marked in red."),
+    "submit.required": ("bắt buộc", "required"),
+    "submit.from_card": ("(từ thẻ CCCD)", "(from your ID card)"),
+    "submit.next": ("Tiếp tục", "Continue"),
+    "submit.back": ("Quay lại", "Back"),
+    "submit.docs.hint": (
+        "Đặt từng trang giấy tờ lên khay chụp, ngửa mặt có chữ lên, rồi bấm “Chụp trang”.",
+        "Place each page face up on the camera tray, then press “Photograph page”.",
+    ),
+    "submit.docs.pages": ("Cần {min} đến {max} trang", "{min} to {max} page(s) needed"),
+    "submit.docs.optional": ("Không bắt buộc; tối đa {max} trang", "Optional; up to {max} page(s)"),
+    "submit.docs.page": ("Trang {n}", "Page {n}"),
+    "submit.docs.capture": ("Chụp trang", "Photograph page"),
+    "submit.docs.busy": ("Đang chụp, giữ yên trang giấy…", "Taking the photo, keep the page still…"),
+    "submit.docs.retake": ("Chụp lại", "Retake"),
+    "submit.docs.up": ("Lên", "Up"),
+    "submit.docs.down": ("Xuống", "Down"),
+    "submit.docs.delete": ("Xoá trang", "Delete page"),
+    "submit.review.hint": (
+        "Kiểm tra lại toàn bộ thông tin và các trang giấy tờ trước khi nộp.",
+        "Check every detail and every page before you submit.",
+    ),
+    "submit.review.edit_form": ("Sửa tờ khai", "Edit the form"),
+    "submit.review.edit_docs": ("Sửa giấy tờ", "Edit the documents"),
+    "submit.consent.heading": ("Xác nhận nộp hồ sơ", "Confirm your submission"),
+    "submit.consent.text1": (
+        "Tôi cam đoan những thông tin đã khai là đúng sự thật và đồng ý gửi tờ khai cùng ảnh giấy tờ "
+        "tới {agency} qua hệ thống dịch vụ công của thành phố.",
+        "I declare that the details given are true and agree to send the form and the document photos "
+        "to {agency} through the city's public service system.",
+    ),
+    "submit.consent.text2": (
+        "Sau khi gửi, máy xoá thông tin và ảnh của quý vị; chỉ giữ mã hồ sơ để in giấy biên nhận.",
+        "Once sent, the kiosk erases your details and photos; "
+        "it keeps only the dossier code for the receipt.",
+    ),
+    "submit.consent.fee": (
+        "Lệ phí: {fee}, thanh toán bằng mã VietQR sau khi nộp.",
+        "Fee: {fee}, paid with a VietQR code after submitting.",
+    ),
+    "submit.consent.agree": ("Tôi đồng ý và nộp hồ sơ", "I agree, submit the dossier"),
+    "submit.sending": ("Đang gửi hồ sơ, vui lòng chờ…", "Sending your dossier, please wait…"),
+    "submit.unavailable": (
+        "Chưa gửi được hồ sơ: hệ thống của thành phố đang không trả lời. Hồ sơ chưa được nộp và "
+        "thông tin vẫn còn trên màn hình. Vui lòng bấm nộp lại sau ít phút hoặc hỏi cán bộ tiếp nhận.",
+        "Your dossier could not be sent: the city's system is not answering. Nothing was submitted and "
+        "your details are still here. Please press submit again in a few minutes or ask at the desk.",
+    ),
+    "submit.refused": (
+        "Hệ thống của thành phố không nhận hồ sơ này. Vui lòng hỏi cán bộ tiếp nhận để được hướng dẫn.",
+        "The city's system did not accept this dossier. Please ask at the reception desk for help.",
+    ),
+    "submit.done.ok": ("Đã nộp hồ sơ thành công.", "Your dossier has been submitted."),
+    "submit.done.keep": (
+        "Hãy giữ mã này hoặc in giấy biên nhận để tra cứu hồ sơ.",
+        "Keep this code or print the receipt to track your dossier.",
+    ),
+    "submit.done.print": ("In giấy biên nhận", "Print receipt"),
+    "submit.done.end": ("Kết thúc và xoá thông tin", "Finish and erase my details"),
+    "submit.pay.heading": ("Thanh toán lệ phí", "Pay the fee"),
+    "submit.pay.text": (
+        "Mở ứng dụng ngân hàng bất kỳ, quét mã VietQR dưới đây để chuyển {fee}.",
+        "Open any banking app and scan the VietQR code below to transfer {fee}.",
+    ),
+    "submit.pay.amount": ("Số tiền", "Amount"),
+    "submit.pay.reference": ("Nội dung chuyển khoản", "Transfer reference"),
+    "submit.pay.waiting": ("Đang chờ xác nhận thanh toán…", "Waiting for the payment to be confirmed…"),
+    "submit.pay.paid": ("Đã thanh toán {fee}", "Paid {fee}"),
+    "submit.pay.none": ("Thủ tục này không thu lệ phí.", "This procedure has no fee."),
+    # Spoken guidance (read aloud by the "Nghe" button; guidance only, never personal data)
+    "guide.listen": ("Nghe hướng dẫn", "Listen"),
+    "guide.auto": ("Tự động đọc", "Read aloud automatically"),
+    "guide.home": (
+        "Xin chào. Chạm vào một ô để bắt đầu: thủ tục hành chính và nộp hồ sơ, tra cứu hồ sơ, "
+        "định danh bằng thẻ căn cước, đánh giá dịch vụ, hoặc xem thông báo.",
+        "Hello. Touch a tile to start: procedures and submitting a dossier, tracking a dossier, "
+        "identifying with your ID card, rating the service, or announcements.",
+    ),
+    "guide.procedures": (
+        "Gõ tên thủ tục bằng bàn phím trên màn hình, có dấu hoặc không dấu, rồi chạm vào thủ tục cần xem. "
+        "Thủ tục có nhãn màu xanh có thể nộp hồ sơ ngay tại máy này.",
+        "Type a procedure name on the on-screen keyboard, then touch the procedure you need. "
+        "Procedures with a green label can be submitted at this kiosk.",
+    ),
+    "guide.procedure": (
+        "Đây là giấy tờ cần chuẩn bị, lệ phí và thời gian giải quyết. "
+        "Nếu có nút Nộp hồ sơ tại máy này, quý vị có thể nộp ngay.",
+        "Here are the documents to bring, the fee and the processing time. "
+        "If there is a Submit at this kiosk button, you can submit now.",
+    ),
+    "guide.lookup": (
+        "Đưa mã QR trên giấy biên nhận vào máy quét, hoặc gõ mã hồ sơ rồi bấm Tra cứu.",
+        "Hold the QR code on your receipt under the scanner, or type the dossier code and press Look up.",
+    ),
+    "guide.identity": (
+        "Đọc nội dung, bấm Tôi đồng ý, rồi đưa mặt sau thẻ căn cước có mã QR vào máy quét.",
+        "Read the text, press I agree, then hold the back of your ID card (QR code) under the scanner.",
+    ),
+    "guide.rating": (
+        "Chạm vào một khuôn mặt để cho biết mức hài lòng, rồi bấm Gửi đánh giá.",
+        "Touch a face to say how satisfied you are, then press Send rating.",
+    ),
+    "guide.submit.identify": (
+        "Bước một: định danh. Nếu quý vị đồng ý, bấm nút màu xanh rồi đưa mặt sau thẻ căn cước, "
+        "có mã QR, vào máy quét. Nếu không muốn dùng thẻ, bấm nút tự nhập.",
+        "Step one: identify. If you agree, press the blue button, then hold the back of your ID card, "
+        "with the QR code, under the scanner. To type your details yourself, press the other button.",
+    ),
+    "guide.submit.form": (
+        "Bước hai: tờ khai. Kiểm tra từng ô. Chạm vào ô cần sửa rồi gõ bằng bàn phím phía dưới. "
+        "Ô có dấu sao là bắt buộc. Xong thì bấm Tiếp tục.",
+        "Step two: the form. Check each box. Touch a box to correct it and type on the keyboard below. "
+        "Boxes with a star are required. Then press Continue.",
+    ),
+    "guide.submit.documents": (
+        "Bước ba: giấy tờ. Đặt từng trang lên khay chụp, mặt có chữ hướng lên, rồi bấm Chụp trang. "
+        "Nếu ảnh bị mờ, máy sẽ nhắc chụp lại.",
+        "Step three: documents. Place each page face up on the tray and press Photograph page. "
+        "If a photo is blurred, the kiosk asks you to take it again.",
+    ),
+    "guide.submit.review": (
+        "Bước bốn: kiểm tra lại toàn bộ thông tin và các trang giấy tờ. Nếu cần sửa, bấm nút sửa.",
+        "Step four: check every detail and every page. To change something, press an edit button.",
+    ),
+    "guide.submit.consent": (
+        "Bước năm: đọc lời cam đoan. Nếu đồng ý, bấm nút Tôi đồng ý và nộp hồ sơ.",
+        "Step five: read the declaration. If you agree, press the button to submit the dossier.",
+    ),
+    "guide.submit.done": (
+        "Đã nộp hồ sơ. Hãy in giấy biên nhận để giữ mã hồ sơ. Nếu có lệ phí, quét mã VietQR bằng "
+        "ứng dụng ngân hàng. Xong thì bấm Kết thúc để xoá thông tin.",
+        "Your dossier is submitted. Print the receipt to keep the dossier code. If there is a fee, "
+        "scan the VietQR code with your banking app. Then press Finish to erase your details.",
+    ),
     # Announcements / idle
     "news.title": ("Thông báo", "Announcements"),
     "news.touch": ("Chạm vào màn hình để bắt đầu", "Touch the screen to start"),

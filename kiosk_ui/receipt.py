@@ -182,6 +182,67 @@ def dossier_receipt(
     )
 
 
+PAYMENT_LINES = {
+    "none": "Không thu lệ phí",
+    "unpaid": "Chưa thanh toán",
+    "paid": "Đã thanh toán",
+    "pending": "Đang chờ gửi",
+}
+
+
+def vnd(amount: int) -> str:
+    """``10000`` → ``10.000 đồng``."""
+    return f"{amount:,}".replace(",", ".") + " đồng"
+
+
+def submission_receipt(
+    result: Mapping[str, Any],
+    procedure: str,
+    *,
+    lookup_url: str | None = None,
+    printed_at: datetime | None = None,
+) -> Receipt:
+    """The receipt of a dossier submitted at the kiosk (the ``dossier.submit`` answer): its code as
+    text and QR (the lookup screen reads it back), the procedure, the fee and whether it is paid."""
+    code = str(result.get("code", ""))
+    payment = str(result.get("payment", "none"))
+    fee = result.get("fee")
+    lines = [ReceiptLine("Mã hồ sơ", code), ReceiptLine("Thủ tục", procedure)]
+    if isinstance(fee, int) and fee > 0:
+        lines.append(ReceiptLine("Lệ phí", vnd(fee)))
+    lines.append(ReceiptLine("Thanh toán", PAYMENT_LINES.get(payment, payment)))
+    footer = ["Phiếu không chứa thông tin cá nhân.", "Xin cảm ơn!"]
+    if payment == "unpaid":
+        footer.insert(0, "Quý vị có thể thanh toán sau bằng mã VietQR khi tra cứu hồ sơ.")
+    qr = lookup_url.replace("{code}", quote(code, safe="")) if lookup_url else code
+    return Receipt(
+        title="GIẤY BIÊN NHẬN HỒ SƠ",
+        header=("NỘP HỒ SƠ TRỰC TUYẾN TẠI KIOSK",),
+        lines=tuple(lines),
+        qr_data=qr or None,
+        qr_caption="Quét mã để tra cứu hồ sơ",
+        footer=tuple(footer),
+        printed_at=printed_at,
+    )
+
+
+def qr_svg(data: str, size_px: int = 360) -> str:
+    """``data`` as an inline SVG QR code (the page's CSP allows no data: images)."""
+    import qrcode
+
+    code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=4)
+    code.add_data(data)
+    code.make(fit=True)
+    matrix: list[list[bool]] = code.get_matrix()
+    n = len(matrix)
+    path = "".join(f"M{x},{y}h1v1h-1z" for y, row in enumerate(matrix) for x, cell in enumerate(row) if cell)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {n} {n}" width="{size_px}" '
+        f'height="{size_px}" shape-rendering="crispEdges" role="img">'
+        f'<rect width="{n}" height="{n}" fill="#fff"/><path d="{path}" fill="#000"/></svg>'
+    )
+
+
 class _Canvas:
     """Lays a receipt out top to bottom on an 8-bit image, then thresholds it to 1 bit."""
 

@@ -18,9 +18,10 @@ from kiosk_ui.bus import EventBus
 from kiosk_ui.config import KioskSettings
 from kiosk_ui.contentfeed import ContentFeed
 from kiosk_ui.core import KioskCore
-from kiosk_ui.devices import Devices, build_printer, build_scanner
+from kiosk_ui.devices import Devices, build_doccam, build_printer, build_scanner
 from kiosk_ui.fonts import FontCache, find_fonts
 from kiosk_ui.render import Renderer
+from kiosk_ui.speech import GuideVoice, build_speech
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def build(settings: KioskSettings, client: AgentPort | None = None) -> Kiosk:
     link = AgentLink(
         client or local_api_client(settings.data_dir), lookup_timeout_s=settings.lookup_timeout_s
     )
-    devices = Devices(build_scanner(settings), build_printer(settings), metrics)
+    devices = Devices(build_scanner(settings), build_printer(settings), metrics, build_doccam(settings))
     core = KioskCore(
         feed=ContentFeed(settings.data_dir, settings.content_keys),
         link=link,
@@ -141,6 +142,7 @@ def build(settings: KioskSettings, client: AgentPort | None = None) -> Kiosk:
         renderer=Renderer({"vi": settings.site_name_vi, "en": settings.site_name_en}),
         bus=EventBus(),
         session_ttl_s=settings.session_ttl_s,
+        voice=GuideVoice(build_speech()),
     )
     reporter = MetricsReporter(metrics, link.report, settings.telemetry_s)
     housekeeping = Housekeeping(settings, core, reporter)

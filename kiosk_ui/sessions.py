@@ -38,6 +38,47 @@ class LookupState:
         self.code, self.outcome, self.dossier, self.message = "", "", None, None
 
 
+SUBMIT_STEPS = ("identify", "form", "documents", "review", "consent", "done")
+"""The submission screens, in order."""
+
+
+@dataclass
+class SubmissionState:
+    """One dossier being prepared: typed values, photographed pages (JPEG bytes) and the answer.
+
+    Lives only in this object; ``wipe`` drops it all (reset, idle, end, after the gateway answered
+    and the resident left)."""
+
+    procedure_id: str
+    submission_id: str
+    step: str = "identify"
+    values: dict[str, str] = field(default_factory=dict)
+    errors: dict[str, Message] = field(default_factory=dict)
+    pages: dict[str, list[bytes]] = field(default_factory=dict)
+    page_errors: dict[str, Message] = field(default_factory=dict)
+    capture_message: Message | None = None
+    revision: int = 0
+    message: Message | None = None
+    result: dict[str, Any] | None = None
+    print_key: str | None = None
+    attempts: int = 0
+
+    def page_count(self) -> dict[str, int]:
+        return {doc: len(pages) for doc, pages in self.pages.items()}
+
+    def wipe(self) -> None:
+        for key in list(self.values):
+            self.values[key] = ""
+        self.values.clear()
+        self.errors.clear()
+        for pages in self.pages.values():
+            pages.clear()
+        self.pages.clear()
+        self.page_errors.clear()
+        self.result = None
+        self.capture_message = self.message = None
+
+
 @dataclass
 class Session:
     sid: str
@@ -50,6 +91,7 @@ class Session:
     identity: CitizenIdentity | None = None
     identity_message: Message | None = None
     lookup: LookupState = field(default_factory=LookupState)
+    submission: SubmissionState | None = None
     notice: Message | None = None
     counts: dict[str, int] = field(default_factory=dict)
 
@@ -80,7 +122,13 @@ class Session:
         """Drop everything the resident left here."""
         self.clear_identity()
         self.lookup.clear()
+        self.drop_submission()
         self.notice = None
+
+    def drop_submission(self) -> None:
+        if self.submission is not None:
+            self.submission.wipe()
+        self.submission = None
 
     def summary(self, reason: str) -> dict[str, Any]:
         """What a ``kiosk.session`` event may say: no personal data, only usage."""
@@ -95,7 +143,9 @@ class Session:
     def dump(self) -> str:
         """Everything held, as text (tests check that nothing personal survives a reset)."""
         ident = self.identity.to_session_dict() if self.identity is not None else None
-        return repr((self.sid, self.screen, ident, self.identity_message, self.lookup, self.notice))
+        return repr(
+            (self.sid, self.screen, ident, self.identity_message, self.lookup, self.submission, self.notice)
+        )
 
 
 EndHook = Callable[[Session, str], None]

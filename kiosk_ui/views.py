@@ -7,11 +7,11 @@ from typing import Any
 
 from kiosk_ui.content import localise
 from kiosk_ui.contentfeed import ContentFeed
-from kiosk_ui.i18n import RATING_REASONS, Lang, other_lang, pick, text
+from kiosk_ui.i18n import RATING_REASONS, STRINGS, Lang, other_lang, pick, text
 from kiosk_ui.parsers import Sex
 from kiosk_ui.sessions import Message, Session
 
-SCREENS = ("home", "procedures", "procedure", "lookup", "identity", "rating", "signage")
+SCREENS = ("home", "procedures", "procedure", "lookup", "identity", "rating", "signage", "submit")
 DONE_STATUSES = frozenset({"ready", "returned"})
 """Finished for the resident: shown with a green check."""
 UNDERWAY_STATUSES = frozenset({"received", "processing"})
@@ -90,6 +90,91 @@ def identity_view(session: Session, lang: Lang) -> dict[str, Any] | None:
     }
 
 
+def submission_view(session: Session, feed: ContentFeed) -> dict[str, Any] | None:
+    """The submit screen's context from the session's ``SubmissionState`` (None: nothing started)."""
+    from markupsafe import Markup
+
+    from kiosk_ui.receipt import qr_svg, vnd
+
+    state = session.submission
+    procedure = feed.index.by_id.get(state.procedure_id) if state is not None else None
+    if state is None or procedure is None or procedure.form is None:
+        return None
+    lang, form = session.lang, procedure.form
+    fields = []
+    for f in form.fields:
+        value = state.values.get(f.id, "")
+        options = [{"value": o.value, "label": pick(lang, o.label)} for o in f.options]
+        if f.type == "sex":
+            options = [
+                {"value": "Nam", "label": text(lang, "sex.male")},
+                {"value": "Nữ", "label": text(lang, "sex.female")},
+            ]
+        shown = next((o["label"] for o in options if o["value"] == value), value)
+        fields.append(
+            {
+                "id": f.id,
+                "type": f.type,
+                "label": pick(lang, f.label),
+                "required": f.required,
+                "value": value,
+                "shown": shown,
+                "hint": pick(lang, f.hint) if f.hint else "",
+                "options": options,
+                "kbd": {"date": "digits", "id_number": "digits", "phone": "digits", "number": "digits"}.get(
+                    f.type, "name" if f.type == "name" else "text"
+                ),
+                "error": say(lang, state.errors.get(f.id)),
+                "error_other": say_other(lang, state.errors.get(f.id)),
+                "from_card": bool(f.prefill) and session.identity is not None and bool(value),
+            }
+        )
+    documents = []
+    for d in form.documents:
+        pages = state.pages.get(d.id, [])
+        documents.append(
+            {
+                "id": d.id,
+                "name": pick(lang, d.name),
+                "pages_min": d.pages_min,
+                "pages_max": d.pages_max,
+                "pages": [
+                    f"/part/page/{d.id}/{n}?sid={session.sid}&v={state.revision}" for n in range(len(pages))
+                ],
+                "full": len(pages) >= d.pages_max,
+                "error": say(lang, state.page_errors.get(d.id)),
+                "error_other": say_other(lang, state.page_errors.get(d.id)),
+            }
+        )
+    result = dict(state.result) if state.result is not None else None
+    if result is not None:
+        fee = result.get("fee")
+        result["fee_text"] = vnd(fee) if isinstance(fee, int) and fee > 0 else ""
+        payload = result.get("vietqr")
+        result["qr"] = Markup(qr_svg(payload)) if isinstance(payload, str) and payload else None
+        result["code_qr"] = Markup(qr_svg(str(result.get("code", "")), 240))
+    fee_text = vnd(form.fee_vnd) if form.fee_vnd else ""
+    return {
+        "procedure_id": procedure.id,
+        "procedure": pick(lang, procedure.name),
+        "agency": pick(lang, procedure.agency),
+        "step": state.step,
+        "step_no": ("identify", "form", "documents", "review", "consent", "done").index(state.step) + 1,
+        "fields": fields,
+        "documents": documents,
+        "fee_text": fee_text,
+        "consent": session.consent,
+        "capture_message": say(lang, state.capture_message),
+        "capture_message_other": say_other(lang, state.capture_message),
+        "message": say(lang, state.message),
+        "message_other": say_other(lang, state.message),
+        "result": result,
+        "print_message": say(lang, STRINGS[state.print_key]) if state.print_key else None,
+        "print_message_other": say_other(lang, STRINGS[state.print_key]) if state.print_key else None,
+        "print_ok": state.print_key == "print.ok",
+    }
+
+
 def screen_context(
     screen: str, session: Session, feed: ContentFeed, params: dict[str, str]
 ) -> dict[str, Any]:
@@ -120,6 +205,8 @@ def screen_context(
             message=say(lang, session.identity_message),
             message_other=say_other(lang, session.identity_message),
         )
+    elif screen == "submit":
+        ctx["s"] = submission_view(session, feed)
     elif screen == "rating":
         ctx.update(done=False, reasons=RATING_REASONS, message=None, message_other=None)
     elif screen == "signage":

@@ -25,6 +25,7 @@ from protocol.vietqr import VietQR, encode
 PaymentState = Literal["none", "unpaid", "paid"]
 """``none``: the procedure has no fee."""
 
+MAX_PAGES_PER_SUBMISSION = 40
 _SUBMISSION_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -37,10 +38,14 @@ class SubmissionReceipt:
     payment: PaymentState
     vietqr: str | None
     """The payload to show as a QR while the fee is unpaid; None without a fee."""
+    procedure_name: str = ""
+    """The procedure's name as the kiosk showed it (Vietnamese), for lookups of the dossier."""
 
 
 class SubmissionBackend(Protocol):
-    def submit(self, submission_id: str, procedure_id: str, fee: int) -> SubmissionReceipt:
+    def submit(
+        self, submission_id: str, procedure_id: str, fee: int, *, procedure_name: str = ""
+    ) -> SubmissionReceipt:
         """Create the dossier, or answer the one already made for ``submission_id``."""
         ...
 
@@ -49,6 +54,14 @@ class SubmissionBackend(Protocol):
         ...
 
     def receipt(self, code: str) -> SubmissionReceipt: ...
+
+    def put_page(self, submission_id: str, sha256: str, data: bytes) -> int:
+        """Keep one uploaded page of a submission being made (idempotent by its hash); pages held."""
+        ...
+
+    def held_pages(self, submission_id: str) -> list[str]:
+        """The SHA-256 of every page already uploaded for ``submission_id`` (to resume an upload)."""
+        ...
 
 
 def check_submission_id(value: object) -> str:
@@ -72,9 +85,18 @@ class LocalSubmissionRegistry:
         self._by_submission: dict[str, SubmissionReceipt] = {}
         self._by_code: dict[str, SubmissionReceipt] = {}
         self._paid: dict[str, int] = {}
+        self._pages: dict[str, dict[str, int]] = {}
+        """Uploaded pages by submission id: {sha256: size}. The demo registry checks pages but does
+        not keep their content; an adapter to the city's system forwards them."""
 
     def submit(
-        self, submission_id: str, procedure_id: str, fee: int, *, today: date | None = None
+        self,
+        submission_id: str,
+        procedure_id: str,
+        fee: int,
+        *,
+        procedure_name: str = "",
+        today: date | None = None,
     ) -> SubmissionReceipt:
         check_submission_id(submission_id)
         if fee < 0:
@@ -90,7 +112,7 @@ class LocalSubmissionRegistry:
             code = f"{self.agency}-{day}-{sequence:04d}"
             payload = encode(VietQR(self.bank_bin, self.account, fee, code)) if fee else None
             receipt = SubmissionReceipt(
-                submission_id, code, procedure_id, fee, "unpaid" if fee else "none", payload
+                submission_id, code, procedure_id, fee, "unpaid" if fee else "none", payload, procedure_name
             )
             self._by_submission[submission_id] = self._by_code[code] = receipt
             return receipt
@@ -103,7 +125,13 @@ class LocalSubmissionRegistry:
             self._paid[code] = self._paid.get(code, 0) + max(amount, 0)
             if receipt.payment == "unpaid" and self._paid[code] >= receipt.fee:
                 receipt = SubmissionReceipt(
-                    receipt.submission_id, code, receipt.procedure_id, receipt.fee, "paid", None
+                    receipt.submission_id,
+                    code,
+                    receipt.procedure_id,
+                    receipt.fee,
+                    "paid",
+                    None,
+                    receipt.procedure_name,
                 )
                 self._by_submission[receipt.submission_id] = self._by_code[code] = receipt
             return receipt
@@ -114,6 +142,20 @@ class LocalSubmissionRegistry:
         if receipt is None:
             raise RpcBadRequest("no submitted dossier has this code")
         return receipt
+
+    def put_page(self, submission_id: str, sha256: str, data: bytes) -> int:
+        check_submission_id(submission_id)
+        with self._lock:
+            pages = self._pages.setdefault(submission_id, {})
+            if sha256 not in pages and len(pages) >= MAX_PAGES_PER_SUBMISSION:
+                raise RpcBadRequest(f"a submission has at most {MAX_PAGES_PER_SUBMISSION} pages")
+            pages[sha256] = len(data)
+            return len(pages)
+
+    def held_pages(self, submission_id: str) -> list[str]:
+        check_submission_id(submission_id)
+        with self._lock:
+            return sorted(self._pages.get(submission_id, {}))
 
     def count(self) -> int:
         with self._lock:

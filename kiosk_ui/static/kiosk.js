@@ -16,7 +16,7 @@
   var state = {
     sid: null, lang: document.documentElement.lang || "vi", screen: null, params: {},
     large: false, telex: true, score: 0, es: null, lastInput: Date.now(), lastTouchSent: 0,
-    warnAt: 0, touched: false, resetting: false, searchTimer: 0, signageTimer: 0, toastTimer: 0,
+    warnAt: 0, touched: false, pollTimer: 0, shift: false, autoSpeak: false, audio: null, spoken: null, resetting: false, searchTimer: 0, signageTimer: 0, toastTimer: 0,
   };
 
   function sessionHeaders(json) {
@@ -60,6 +60,16 @@
       telex.textContent = state.telex ? telex.dataset.on : telex.dataset.off;
     }
     state.score = 0;
+    var auto = app.querySelector("[data-action=auto-speak]");
+    if (auto) auto.setAttribute("aria-pressed", String(state.autoSpeak));
+    var say = app.querySelector("[data-say]");
+    if (say && state.autoSpeak && say.dataset.say !== state.spoken) speak(say.dataset.say);
+    state.spoken = say ? say.dataset.say : null;
+    clearTimeout(state.pollTimer);
+    var poll = app.querySelector("[data-poll]");
+    if (poll) state.pollTimer = setTimeout(function () { post(poll.dataset.poll, {}); }, 2000);
+    var first = app.querySelector(".ff-error [data-kbd], [data-kbd][data-fv]");
+    if (first) first.classList.add("editing");
     clearInterval(state.signageTimer);
     if (state.screen === "signage") state.signageTimer = setInterval(nextSlide, cfg.signage);
   }
@@ -89,6 +99,14 @@
     });
   }
 
+  /* ---------- spoken guidance ---------- */
+  function speak(key) {
+    if (!key) return;
+    if (state.audio) state.audio.pause();
+    state.audio = new Audio("/api/speak/" + encodeURIComponent(key) + "?lang=" + state.lang);
+    state.audio.play().catch(function () { /* no audio output: the text is on screen */ });
+  }
+
   /* ---------- toast ---------- */
   function toast(text, ms) {
     var el = document.getElementById("toast");
@@ -101,16 +119,29 @@
 
   /* ---------- on-screen keyboard ---------- */
   function onKey(key) {
-    var field = app.querySelector("[data-kbd]");
+    var field = app.querySelector("[data-kbd].editing") || app.querySelector("[data-kbd]:not([data-fv])");
     if (!field) return;
     var value = field.dataset.value || "";
     var search = field.dataset.kbd === "search";
+    var form = !!field.dataset.fv;
+    var kind = field.dataset.kbd;
+    if (key === "SHIFT") {
+      state.shift = !state.shift;
+      app.querySelectorAll("[data-key=SHIFT]").forEach(function (b) { b.setAttribute("aria-pressed", String(state.shift)); });
+      return;
+    }
+    /* capitals: after Shift, or at the start of each word of a name */
+    if (/^[a-z]$/.test(key) && (state.shift || (kind === "name" && (value === "" || / $/.test(value))))) key = key.toUpperCase();
+    if (state.shift) {
+      state.shift = false;
+      app.querySelectorAll("[data-key=SHIFT]").forEach(function (b) { b.setAttribute("aria-pressed", "false"); });
+    }
     if (key === "BACK") value = Array.from(value).slice(0, -1).join("");
     else if (key === "CLEAR") value = "";
     else if (key === "SPACE") value += " ";
-    else if (search && state.telex && window.Telex) value = window.Telex.apply(value, key);
+    else if ((search || kind === "text" || kind === "name") && state.telex && window.Telex) value = window.Telex.apply(value, key);
     else value += key;
-    value = value.slice(0, search ? 80 : 48);
+    value = value.slice(0, form ? 300 : search ? 80 : 48);
     field.dataset.value = value;
     field.textContent = value;
     if (search) scheduleSearch(value);
@@ -135,12 +166,23 @@
     if (!el || !app.contains(el)) return;
     if (el.dataset.key) { onKey(el.dataset.key); return; }
     if (el.dataset.go) { go(el.dataset.go, el.dataset.id ? { id: el.dataset.id } : {}); return; }
-    if (el.dataset.post) { post(el.dataset.post, {}, el.dataset.busy); return; }
+    if (el.dataset.post) { post(el.dataset.post, el.dataset.body ? JSON.parse(el.dataset.body) : {}, el.dataset.busy); return; }
     action(el.dataset.action, el);
   }
 
+  function formValues() {
+    var values = {};
+    app.querySelectorAll("[data-fv]").forEach(function (f) { values[f.dataset.fv] = f.dataset.value || ""; });
+    return values;
+  }
+
   function action(name, el) {
-    if (name === "lang") {
+    if (name === "lang" && app.querySelector("[data-fv]")) {
+      /* keep what was typed on the form before it is drawn again in the other language */
+      state.lang = el.dataset.lang;
+      request("/api/submit/keep", { method: "POST", body: JSON.stringify({ values: formValues() }) })
+        .then(function () { go("submit"); });
+    } else if (name === "lang") {
       state.lang = el.dataset.lang;
       var params = Object.assign({}, state.params);
       var search = app.querySelector("[data-kbd=search]");
@@ -164,6 +206,26 @@
       var reasons = [];
       app.querySelectorAll("[data-action=chip][aria-pressed=true]").forEach(function (c) { reasons.push(c.dataset.reason); });
       post("/api/rating", { score: state.score || null, reasons: reasons });
+    } else if (name === "edit") {
+      app.querySelectorAll("[data-kbd].editing").forEach(function (f) { f.classList.remove("editing"); });
+      el.classList.add("editing");
+    } else if (name === "choose") {
+      var group = el.closest("[data-fv]");
+      group.dataset.value = el.dataset.value;
+      group.querySelectorAll("[data-action=choose]").forEach(function (b) {
+        b.setAttribute("aria-pressed", String(b === el));
+        b.setAttribute("aria-checked", String(b === el));
+      });
+    } else if (name === "listen") {
+      speak(el.dataset.say);
+    } else if (name === "auto-speak") {
+      state.autoSpeak = !state.autoSpeak;
+      el.setAttribute("aria-pressed", String(state.autoSpeak));
+      if (state.autoSpeak) speak((app.querySelector("[data-say]") || {}).dataset.say);
+    } else if (name === "form-save") {
+      post("/api/submit/form", { values: formValues() });
+    } else if (name === "end") {
+      reset("end");
     } else if (name === "submit") {
       var field = app.querySelector("[data-kbd]");
       post("/api/lookup", { code: field ? field.dataset.value || "" : "" }, el.dataset.busy);
@@ -249,6 +311,7 @@
     state.resetting = true;
     var sid = state.sid;
     state.sid = null;
+    if (state.audio) state.audio.pause();
     if (state.es) { state.es.close(); state.es = null; }
     app.innerHTML = "";
     document.getElementById("idle").hidden = true;

@@ -237,7 +237,8 @@ def responder(broker: MosquittoBroker) -> Iterator[Responder]:
 
 @pytest.fixture
 def fleet_gateway(broker: MosquittoBroker, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``cityedge fleet serve`` with the gateway's dossier service over its demo registry."""
+    """``cityedge fleet serve`` with the gateway's dossier service over its demo registry, plus a
+    stand-in for the bank's payment feed (``kiosk_fleet_rpc``)."""
     here = str(Path(__file__).parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen(
@@ -256,7 +257,7 @@ def fleet_gateway(broker: MosquittoBroker, tmp_path: Path) -> Iterator[subproces
             "--data-dir",
             str(tmp_path / "fleet"),
             "--rpc",
-            "dossier=kiosk_fleet_rpc:make_dossier_service",
+            "dossier=kiosk_fleet_rpc:make_dossier_service_with_bank",
             "--log-level",
             "warning",
         ],

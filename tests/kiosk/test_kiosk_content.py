@@ -62,6 +62,8 @@ def test_every_string_exists_in_both_languages_and_every_template_key_is_known()
     dynamic |= {f"online.{k}" for k in ("full", "partial", "none")} | {f"rate.{n}" for n in range(1, 6)}
     dynamic |= {f"reason.{r}" for r in RATING_REASONS} | {f"step.{s}" for s in ("done", "current", "pending")}
     dynamic |= {f"print.{k}" for k in ("ok", "paper_out", "offline", "none", "nothing")}
+    dynamic |= {f"submit.step.{k}" for k in ("identify", "form", "documents", "review", "consent", "done")}
+    dynamic |= {f"submit.{k}" for k in ("unavailable", "refused")}
     used = {key for key in used if not key.endswith(".")}  # 'home.' ~ key: listed in dynamic
     missing = sorted((used | dynamic) - set(STRINGS))
     assert missing == []

@@ -174,3 +174,22 @@ def test_the_accessibility_check_catches_small_and_faint_targets(
     problems = a11y_problems(page)
     assert any(p.startswith("small target") for p in problems)
     assert any(p.startswith("low contrast") for p in problems)
+
+
+def test_home_tiles_fill_the_portrait_screen_and_submittable_procedures_are_marked(
+    kiosk_factory: Callable[..., Any], open_page: Callable[..., Any]
+) -> None:
+    kiosk = kiosk_factory()
+    page, _ = open_page(kiosk.url + "/", PORTRAIT)
+    tiles = page.evaluate(
+        "Array.from(document.querySelectorAll('#app .tile')).map(t => t.getBoundingClientRect())"
+        ".map(r => ({w: r.width, h: r.height, bottom: r.bottom}))"
+    )
+    assert len(tiles) == 5
+    assert all(t["w"] >= 900 and t["h"] >= 200 for t in tiles)  # one column of large targets
+    assert tiles[-1]["bottom"] >= 0.8 * PORTRAIT["height"]  # the tiles use the tall screen
+    shoot(page, "home-vi-portrait-tiles")
+    page.click("#app .tile-procedures")
+    page.wait_for_selector("#app .result")
+    assert page.locator("#app .badge-submit").count() == 5
+    assert page.inner_text("#app [data-id=cu-thuong-tru] .badge-submit") == "Nộp hồ sơ tại máy này"

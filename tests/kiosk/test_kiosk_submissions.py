@@ -79,3 +79,62 @@ def test_submit_and_receipt_through_the_dossier_service() -> None:
         service.call("submit", {"submission_id": "x", "procedure": "cu-thuong-tru"}, "kiosk-1")
     with pytest.raises(RpcBadRequest):
         service.call("receipt", {"code": "000.00.01.H26-260101-0042"}, "kiosk-1")
+
+
+def test_a_submitted_dossier_is_found_by_lookup_as_received() -> None:
+    from fleet.gateway import DossierNotFound, GatewayConfig, build_dossier_service
+
+    service = build_dossier_service(GatewayConfig())
+    params = {
+        "submission_id": str(uuid.uuid4()),
+        "procedure": "cu-thuong-tru",
+        "procedure_name": "Đăng ký thường trú",
+    }
+    code = service.call("submit", params, "kiosk-1")["code"]
+    found = service.call("lookup", {"code": code.lower()}, "kiosk-1")
+    assert found["code"] == code and found["status"] == "received" and found["status_vi"] == "Đã tiếp nhận"
+    assert found["procedure"] == "Đăng ký thường trú" and "VietQR" in (found["note"] or "")
+    assert (
+        found["received_date"]
+        == f"20{code.split('-')[-2][:2]}-{code.split('-')[-2][2:4]}-{code.split('-')[-2][4:]}"
+    )
+    with pytest.raises(DossierNotFound):
+        service.call("lookup", {"code": "000.00.01.H26-260101-0042"}, "kiosk-1")
+
+
+def test_pages_are_uploaded_one_by_one_checked_and_required_before_submit() -> None:
+    import base64
+    import hashlib
+
+    from fleet.gateway import GatewayConfig, build_dossier_service
+
+    service = build_dossier_service(GatewayConfig())
+    sid = str(uuid.uuid4())
+    jpeg = b"\xff\xd8" + b"page" * 100
+    sha = hashlib.sha256(jpeg).hexdigest()
+    page = {"submission_id": sid, "sha256": sha, "jpeg": base64.b64encode(jpeg).decode()}
+    submit = {
+        "submission_id": sid,
+        "procedure": "ht-khai-sinh",
+        "pages": [{"document": "a", "page": 1, "sha256": sha}],
+    }
+    with pytest.raises(RpcBadRequest, match="not uploaded"):
+        service.call("submit", submit, "kiosk-1")
+    assert service.call("pages", {"submission_id": sid}, "kiosk-1") == {"held": []}
+    assert service.call("upload_page", page, "kiosk-1") == {"held": 1}
+    assert service.call("upload_page", page, "kiosk-1") == {"held": 1}  # a resent page is kept once
+    assert service.call("pages", {"submission_id": sid}, "kiosk-1") == {"held": [sha]}
+    assert service.call("submit", submit, "kiosk-1")["code"]
+    for bad, why in (
+        (dict(page, sha256="0" * 64), "damaged"),
+        (dict(page, jpeg="not base64!"), "base64"),
+        (
+            dict(
+                page, jpeg=base64.b64encode(b"GIF89a").decode(), sha256=hashlib.sha256(b"GIF89a").hexdigest()
+            ),
+            "JPEG",
+        ),
+        (dict(page, jpeg=base64.b64encode(b"\xff\xd8" + bytes(200_000)).decode()), "JPEG"),
+    ):
+        with pytest.raises(RpcBadRequest, match=why):
+            service.call("upload_page", bad, "kiosk-1")
