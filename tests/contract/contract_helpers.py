@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+import paho.mqtt.client as mqtt
 from agent_helpers import AgentProc, Probe, enrol, fast_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleet_helpers import FakeDevice
@@ -45,8 +46,19 @@ class City(Probe):
     """The city's side of one device: records its subtree, sends signed commands and desired states."""
 
     def __init__(self, broker: MosquittoBroker, device_id: str, signer: Ed25519Signer, name: str = "city"):
+        self.qos: list[tuple[str, int]] = []  # (topic, QoS as delivered: at most what was published)
         super().__init__(broker, device_id, name=name)
         self.signer = signer
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            self.qos.append((msg.topic, msg.qos))
+        super()._on_message(client, userdata, msg)
+
+    def qos_of(self, family: str) -> set[int]:
+        """The QoS levels messages on ``family`` (e.g. "status", "events/") arrived with."""
+        with self._cond:
+            return {q for t, q in self.qos if t.startswith(f"{self.root}/{family}")}
 
     def signed_command(
         self, name: str, args: dict[str, Any] | None = None, *, cid: str, expires_in: float = 120

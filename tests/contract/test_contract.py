@@ -288,3 +288,46 @@ def test_rpc_request_shape(device: Device, city: City) -> None:
     [request] = requests
     parsed = RpcRequest.model_validate(request)
     assert (parsed.service, parsed.method, parsed.params) == ("dossier", "lookup", {"q": 2}) and parsed.id
+
+
+# -- what every answer and message looks like on the wire --------------------------------------------
+
+
+def test_answers_have_the_contract_shape(city: City) -> None:
+    """``{"id", "status", "result": {...}, "error": "..."}``: an object result always, an error text
+    whenever the status is not ``ok``."""
+    city.ask("ping", cid="ct-shape-ok")
+    city.ask("make_tea", cid="ct-shape-error")
+    city.ask("ping", cid="ct-shape-rejected", expires_in=-3600)
+    for cid, status in (
+        ("ct-shape-ok", "ok"),
+        ("ct-shape-error", "error"),
+        ("ct-shape-rejected", "rejected"),
+    ):
+        [answer] = city.answers(cid)
+        assert set(answer) <= {"id", "status", "result", "error"}, answer
+        assert answer["status"] == status and isinstance(answer["result"], dict), answer
+        if status == "ok":
+            assert answer.get("error") is None, answer
+        else:
+            assert isinstance(answer["error"], str) and answer["error"], answer
+
+
+def test_command_expired_a_minute_ago_is_rejected(city: City) -> None:
+    answer = city.ask("ping", cid="ct-late-1", expires_in=-60)
+    assert answer["status"] == "rejected" and "expired" in answer["error"], answer
+
+
+def test_qos_of_what_the_device_sends(device: Device, city: City) -> None:
+    """status, events, shadow/reported and answers at QoS 1; telemetry at 0 or 1 (PROTOCOL.md)."""
+    device.produce_events(1)
+    city.ask("ping", cid="ct-qos-1")
+    city.wait_for("events/+")
+    city.wait_for("telemetry")
+    assert city.qos_of("status") == {1}
+    assert city.qos_of("events/") == {1}
+    assert city.qos_of("commands/res") == {1}
+    assert city.qos_of("telemetry") <= {0, 1}
+    if device.autonomous:
+        city.wait_for("shadow/reported")
+        assert city.qos_of("shadow/reported") == {1}
