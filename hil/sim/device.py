@@ -287,10 +287,12 @@ class SimDevice:
         }
 
     def _get_logs(self, command: Command) -> dict[str, Any]:
-        lines = command.args.get("lines", 50)
-        if not isinstance(lines, int) or lines < 1:
-            raise CommandFailed("get_logs args.lines must be a whole number >= 1")
-        return {"lines": list(self.logs)[-lines:]}
+        """As the agent's (agent.handlers.get_logs): the last ``lines`` lines and their count."""
+        wanted = command.args.get("lines", 100)
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            raise CommandFailed("args.lines must be a positive whole number")
+        lines = list(self.logs)[-wanted:]
+        return {"lines": lines, "count": len(lines)}
 
     def _snapshot(self, command: Command) -> dict[str, Any]:
         if self.role != "camera":

@@ -170,19 +170,19 @@ def test_set_config_takes_every_documented_form(city: City, form: str) -> None:
     assert set(result["changed"]) <= {"telemetry", "logging"}
 
 
-@pytest.mark.parametrize(
-    ("args", "named"),
-    [
-        ({"telemetry.every": 5}, "telemetry.every"),
-        ({"telemetry": {"every": 5}}, "telemetry.every"),
-        ({"telemetry.interval_s": -1}, "telemetry.interval_s"),
-        ({}, "set_config"),
-    ],
-    ids=["dotted-unknown", "nested-unknown", "bad-value", "empty"],
-)
-def test_set_config_refuses_what_is_not_a_setting(city: City, args: dict[str, Any], named: str) -> None:
-    cid = f"ct-badcfg-{abs(hash(json.dumps(args, sort_keys=True))) % 10**8}"
-    answer = city.ask("set_config", args, cid=cid)
+BAD_SET_CONFIG = {  # args, and what the error must name
+    "dotted-unknown": ({"telemetry.every": 5}, "telemetry.every"),
+    "nested-unknown": ({"telemetry": {"every": 5}}, "telemetry.every"),
+    "bad-value": ({"telemetry.interval_s": -1}, "telemetry.interval_s"),
+    "device-id": ({"device.id": "kiosk-other-0001"}, "device.id"),
+    "empty": ({}, "set_config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SET_CONFIG))
+def test_set_config_refuses_what_is_not_a_setting(city: City, case: str) -> None:
+    args, named = BAD_SET_CONFIG[case]
+    answer = city.ask("set_config", args, cid=f"ct-badcfg-{case}")
     assert answer["status"] == "error" and named in answer["error"], answer
 
 
@@ -331,3 +331,41 @@ def test_qos_of_what_the_device_sends(device: Device, city: City) -> None:
     if device.autonomous:
         city.wait_for("shadow/reported")
         assert city.qos_of("shadow/reported") == {1}
+
+
+def test_replayed_nonce_is_rejected(city: City) -> None:
+    """A new command id carrying a nonce already used is a replay: rejected, not run."""
+    first = json.loads(city.signed_command("ping", cid="ct-nonce-1"))
+    assert city.ask("ping", cid="ct-nonce-1")["status"] == "ok"
+    replay = {k: v for k, v in first.items() if k != "sig"}
+    replay["id"] = "ct-nonce-2"
+    city.publish("commands/req", json.dumps(city.signer.sign(replay)))
+    answer = city.answer("ct-nonce-2")
+    assert answer["status"] == "rejected" and "replay" in answer["error"], answer
+
+
+@autonomous
+def test_get_logs(city: City) -> None:
+    city.ask("ping", cid="ct-logs-ping")  # something in the log
+    answer = city.ask("get_logs", {"lines": 5}, cid="ct-logs-1")
+    assert answer["status"] == "ok", answer
+    lines = answer["result"]["lines"]
+    assert isinstance(lines, list) and 0 < len(lines) <= 5 and all(isinstance(x, str) for x in lines)
+    assert answer["result"]["count"] == len(lines)
+
+
+@autonomous
+@pytest.mark.parametrize("lines", [0, -3, True, "5", 2.5])
+def test_get_logs_refuses_a_bad_line_count(city: City, lines: Any) -> None:
+    answer = city.ask("get_logs", {"lines": lines}, cid=f"ct-logs-bad-{type(lines).__name__}-{lines}")
+    assert answer["status"] == "error" and "lines" in answer["error"], answer
+
+
+@autonomous
+def test_restart_comes_back_with_a_new_boot_id(city: City) -> None:
+    before = city.wait_for("status", lambda m: m.get("online") is True)
+    answer = city.ask("restart", cid="ct-restart-1")
+    assert answer["status"] == "ok", answer
+    after = city.wait_for("status", lambda m: m.get("online") is True and m["boot_id"] != before["boot_id"])
+    Status.model_validate(after)
+    assert city.ask("ping", cid="ct-restart-ping")["status"] == "ok"

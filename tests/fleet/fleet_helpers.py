@@ -102,14 +102,16 @@ def pong(command: dict[str, Any]) -> dict[str, Any]:
 
 
 class ContractCommands:
-    """A FakeDevice's default answers, as the contract wants them (tests/contract checks them against
-    the agent and the simulator): one answer per id (a re-delivered id gets the stored answer back and
-    is not run again), expired or malformed commands ``rejected``, ``ping`` (its result echoes the
-    args), ``set_config`` read and validated as the agent reads it, other names ``error``. Signatures
-    are not checked: the fleet tests play an unsigned development fleet."""
+    """A FakeDevice's default answers, as the contract wants them (tests/contract checks them
+    against the agent and the simulator): one answer per id (a re-delivered id gets the stored
+    answer back and is not run again); expired, malformed or replayed (nonce) commands
+    ``rejected``; ``ping`` (its result echoes the args); ``set_config`` read and validated as the
+    agent reads it; other names ``error``. Signatures are not checked: the fleet tests play an
+    unsigned development fleet."""
 
     def __init__(self) -> None:
         self.answers: dict[str, dict[str, Any]] = {}
+        self.nonces: dict[str, str] = {}
         self.executed = 0
         self.overrides: dict[str, Any] = {}
         self.revision = 0
@@ -133,6 +135,10 @@ class ContractCommands:
             return {"id": str(command.get("id")), "status": "rejected", "result": {}, "error": str(exc)}
         if parse_ts(cmd.expires_at) <= utc_now():
             return {"id": cmd.id, "status": "rejected", "result": {}, "error": f"expired at {cmd.expires_at}"}
+        if cmd.nonce in self.nonces:
+            error = f"replayed nonce (first used by {self.nonces[cmd.nonce]})"
+            return {"id": cmd.id, "status": "rejected", "result": {}, "error": error}
+        self.nonces[cmd.nonce] = cmd.id
         if cmd.name == "ping":
             self.executed += 1
             return pong(command)
