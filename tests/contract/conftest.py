@@ -16,11 +16,10 @@ for _folder in ("agent", "sim", "fleet"):
     if str(TESTS / _folder) not in sys.path:
         sys.path.insert(0, str(TESTS / _folder))
 
-from contract_helpers import IMPLS, City, Device, fleet_key, start_device  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+from contract_helpers import IMPLS, City, Device, fleet_keys, start_device  # noqa: E402
 
 from fleet.broker import MosquittoBroker  # noqa: E402
-from fleet.signer import Ed25519Signer  # noqa: E402
+from fleet.signer import load_fleet_signer  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,20 +47,22 @@ def module_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitt
 
 
 @pytest.fixture(scope="module")
-def key() -> tuple[Ed25519PrivateKey, str]:
-    """The fleet's command key (the agent is enrolled with it)."""
-    return fleet_key()
+def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fleet data directory with a key ring (``cityedge fleet keys init``); devices are enrolled in it."""
+    folder = tmp_path_factory.mktemp("fleet")
+    fleet_keys(folder)
+    return folder
 
 
 @pytest.fixture(scope="module")
 def device(
     impl: str,
     module_broker: MosquittoBroker,
-    key: tuple[Ed25519PrivateKey, str],
+    fleet_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Device]:
     """One connected device of ``impl``, shared by the module's tests."""
-    dut = start_device(impl, module_broker, tmp_path_factory.mktemp(impl), f"ct{impl}", key[0])
+    dut = start_device(impl, module_broker, tmp_path_factory.mktemp(impl), f"ct{impl}", fleet_dir)
     try:
         yield dut
     finally:
@@ -69,11 +70,10 @@ def device(
 
 
 @pytest.fixture(scope="module")
-def city(
-    module_broker: MosquittoBroker, device: Device, key: tuple[Ed25519PrivateKey, str]
-) -> Iterator[City]:
-    """The city's view of ``device``, recording from the start of the module."""
-    probe = City(module_broker, device.device_id, Ed25519Signer(*key))
+def city(module_broker: MosquittoBroker, device: Device, fleet_dir: Path) -> Iterator[City]:
+    """The city's view of ``device``, recording from the start of the module; it signs with the
+    fleet's active key, as ``fleet serve`` does."""
+    probe = City(module_broker, device.device_id, load_fleet_signer(fleet_dir))
     try:
         yield probe
     finally:

@@ -18,17 +18,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from agent_helpers import AgentProc, Probe, enrol, fast_config
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from agent_helpers import AgentProc, Probe, fast_config
 from fleet_helpers import FakeDevice
 from sim_helpers import SimThread
 
+from agent.truststore import TrustStore
 from fleet.broker import MosquittoBroker
 from fleet.desired import desired_body
-from fleet.signer import Ed25519Signer
+from fleet.keys_cli import init_keys
+from fleet.signer import KEY_LIST, ROOT_PUBLIC, Ed25519Signer, keys_dir
 from hil.sim.config import SimConfig
 from protocol.timefmt import format_ts, utc_now
-from protocol.trust import key_id
+from protocol.trust import RootKey
 
 IMPLS = ("agent", "sim", "fake")
 """The real agent (a process), the simulator (hil/sim, on its own loop), the fleet tests' FakeDevice."""
@@ -37,9 +38,18 @@ BASE_INTERVAL_S = 1.5
 """Telemetry period every device under test starts with."""
 
 
-def fleet_key() -> tuple[Ed25519PrivateKey, str]:
-    key = Ed25519PrivateKey.generate()
-    return key, key_id("fleet", key.public_key())
+def fleet_keys(fleet_dir: Path) -> Path:
+    """A fleet key ring in ``fleet_dir`` as ``cityedge fleet keys init`` makes it; returns its keys
+    directory (what devices are enrolled with)."""
+    init_keys(fleet_dir, fleet_dir / "root.pem")
+    return keys_dir(fleet_dir)
+
+
+def enrol_agent(data_dir: Path, fleet_dir: Path) -> None:
+    """What enrolment leaves in an agent's data directory: the fleet root and its signed key list."""
+    folder = keys_dir(fleet_dir)
+    root = RootKey.from_dict(json.loads((folder / ROOT_PUBLIC).read_text()))
+    TrustStore.install(data_dir / "trust", root, json.loads((folder / KEY_LIST).read_text()), utc_now())
 
 
 class City(Probe):
@@ -114,16 +124,14 @@ class Device(Protocol):
 
 
 class AgentDevice:
-    """``python -m agent run``, enrolled with the fleet key: it runs only signed commands."""
+    """``python -m agent run``, enrolled with the fleet's keys: it runs only signed commands."""
 
     impl, role, autonomous = "agent", "kiosk", True
 
-    def __init__(
-        self, broker: MosquittoBroker, workdir: Path, device_id: str, key: Ed25519PrivateKey
-    ) -> None:
+    def __init__(self, broker: MosquittoBroker, workdir: Path, device_id: str, fleet_dir: Path) -> None:
         self.device_id = device_id
         data_dir = workdir / "data"
-        enrol(data_dir, key)
+        enrol_agent(data_dir, fleet_dir)
         config = fast_config(
             device_id,
             broker.url,
@@ -150,11 +158,11 @@ class AgentDevice:
 
 
 class SimDevice:
-    """One simulated camera on its own loop in a thread (``hil.sim``)."""
+    """One simulated camera on its own loop in a thread (``hil.sim``), given the fleet's keys."""
 
     impl, role, autonomous = "sim", "camera", True
 
-    def __init__(self, broker: MosquittoBroker, id_prefix: str) -> None:
+    def __init__(self, broker: MosquittoBroker, id_prefix: str, fleet_dir: Path) -> None:
         # time_scale 120: a traffic-count window (60 scenario seconds) closes every half second
         cfg = SimConfig(
             broker=broker.url,
@@ -165,6 +173,7 @@ class SimDevice:
             time_scale=120,
             reconnect_min_s=0.2,
             reconnect_max_s=2.0,
+            trust=str(keys_dir(fleet_dir)),
         )
         self.device_id = f"cam-{id_prefix}-0001"
         self.sim = SimThread(cfg).start()
@@ -188,22 +197,11 @@ class SimProcess:
 
     impl, role, autonomous = "sim", "camera", True
 
-    def __init__(self, broker: MosquittoBroker, id_prefix: str) -> None:
+    def __init__(self, broker: MosquittoBroker, id_prefix: str, fleet_dir: Path) -> None:
         self.device_id = f"cam-{id_prefix}-0001"
         cli = str(Path(sys.executable).with_name("cityedge"))
-        argv = [
-            cli,
-            "sim",
-            "--broker",
-            broker.url,
-            "-n",
-            "1",
-            "--cameras",
-            "1",
-            "--id-prefix",
-            id_prefix,
-            "-q",
-        ]
+        argv = [cli, "sim", "--broker", broker.url, "-n", "1", "--cameras", "1", "--id-prefix", id_prefix]
+        argv += ["--trust", str(keys_dir(fleet_dir)), "-q"]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def produce_events(self, count: int) -> None:
@@ -259,23 +257,20 @@ class FakeDeviceUnderTest:
         self.device.close()
 
 
-def start_device(
-    impl: str, broker: MosquittoBroker, workdir: Path, name: str, key: Ed25519PrivateKey
-) -> Device:
-    """A connected device of ``impl`` whose id contains ``name`` (a-z0-9)."""
+def start_device(impl: str, broker: MosquittoBroker, workdir: Path, name: str, fleet_dir: Path) -> Device:
+    """A connected device of ``impl`` whose id contains ``name`` (a-z0-9), enrolled in the fleet of
+    ``fleet_dir`` where it checks signatures (not the FakeDevice: an unsigned development device)."""
     if impl == "agent":
-        return AgentDevice(broker, workdir, f"kiosk-{name}-0001", key)
+        return AgentDevice(broker, workdir, f"kiosk-{name}-0001", fleet_dir)
     if impl == "sim":
-        return SimDevice(broker, name)
+        return SimDevice(broker, name, fleet_dir)
     if impl == "fake":
         return FakeDeviceUnderTest(broker, f"cam-{name}-0001")
     raise AssertionError(f"no adapter for {impl!r}")
 
 
-def start_crashable(
-    impl: str, broker: MosquittoBroker, workdir: Path, name: str, key: Ed25519PrivateKey
-) -> Device:
+def start_crashable(impl: str, broker: MosquittoBroker, workdir: Path, name: str, fleet_dir: Path) -> Device:
     """As ``start_device``, but one whose ``crash`` ends it abruptly (a process for the simulator)."""
     if impl == "sim":
-        return SimProcess(broker, name)
-    return start_device(impl, broker, workdir, name, key)
+        return SimProcess(broker, name, fleet_dir)
+    return start_device(impl, broker, workdir, name, fleet_dir)

@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from contract_helpers import BASE_INTERVAL_S, City, Device, start_crashable
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from contract_helpers import BASE_INTERVAL_S, City, Device, fleet_keys, start_crashable
 
 from fleet.broker import MosquittoBroker
 from fleet.cli import _parse_args
-from fleet.signer import Ed25519Signer
+from fleet.signer import load_fleet_signer
 from protocol.models import CommandResult, EventEnvelope, RpcRequest, ShadowReported, Status, Telemetry
 from protocol.timefmt import parse_ts
 from protocol.topics import Topics
@@ -33,11 +32,9 @@ autonomous = pytest.mark.impls("agent", "sim")
 
 
 @pytest.fixture
-def late(
-    module_broker: MosquittoBroker, device: Device, key: tuple[Ed25519PrivateKey, str]
-) -> Iterator[City]:
+def late(module_broker: MosquittoBroker, device: Device, fleet_dir: Path) -> Iterator[City]:
     """A city client that subscribes now: it sees retained messages only, then what comes next."""
-    probe = City(module_broker, device.device_id, Ed25519Signer(*key), name="late")
+    probe = City(module_broker, device.device_id, load_fleet_signer(fleet_dir), name="late")
     try:
         yield probe
     finally:
@@ -62,12 +59,12 @@ def test_status_online_is_retained(device: Device, late: City) -> None:
 def test_crash_leaves_the_will_offline_and_retained(
     impl: str,
     module_broker: MosquittoBroker,
-    key: tuple[Ed25519PrivateKey, str],
+    fleet_dir: Path,
     tmp_path: Path,
 ) -> None:
-    crashing = start_crashable(impl, module_broker, tmp_path, f"will{impl}", key[0])
+    crashing = start_crashable(impl, module_broker, tmp_path, f"will{impl}", fleet_dir)
     try:
-        probe = City(module_broker, crashing.device_id, Ed25519Signer(*key), name="watch")
+        probe = City(module_broker, crashing.device_id, load_fleet_signer(fleet_dir), name="watch")
         try:
             online = probe.wait_for("status", lambda m: m.get("online") is True, timeout=30)
             crashing.crash()
@@ -78,7 +75,7 @@ def test_crash_leaves_the_will_offline_and_retained(
         assert will["role"] == online["role"] and will["boot_id"] == online["boot_id"]
     finally:
         crashing.close()
-    newcomer = City(module_broker, crashing.device_id, Ed25519Signer(*key), name="newcomer")
+    newcomer = City(module_broker, crashing.device_id, load_fleet_signer(fleet_dir), name="newcomer")
     try:
         assert newcomer.wait_for("status")["online"] is False
         assert [m["online"] for m in _retained(newcomer, "status")] == [False]
@@ -369,3 +366,45 @@ def test_restart_comes_back_with_a_new_boot_id(city: City) -> None:
     after = city.wait_for("status", lambda m: m.get("online") is True and m["boot_id"] != before["boot_id"])
     Status.model_validate(after)
     assert city.ask("ping", cid="ct-restart-ping")["status"] == "ok"
+
+
+# -- signatures (devices enrolled in a fleet: the agent and the simulator given the fleet's keys) -----
+
+signing = pytest.mark.impls("agent", "sim")
+
+
+@signing
+def test_unsigned_command_is_rejected_and_not_run(city: City) -> None:
+    body = {
+        k: v for k, v in json.loads(city.signed_command("ping", cid="ct-unsigned-1")).items() if k != "sig"
+    }
+    city.publish("commands/req", json.dumps(body))
+    answer = city.answer("ct-unsigned-1")
+    assert answer["status"] == "rejected" and "unsigned" in answer["error"], answer
+
+
+@signing
+def test_command_signed_by_another_key_is_rejected(city: City, tmp_path: Path) -> None:
+    stranger = City.__new__(City)  # only its signing: a key ring the device was never given
+    fleet_keys(tmp_path)
+    stranger.signer = load_fleet_signer(tmp_path)
+    stranger.device_id = city.device_id
+    city.publish("commands/req", stranger.signed_command("ping", cid="ct-forged-1"))
+    assert city.answer("ct-forged-1")["status"] == "rejected"
+    tampered = json.loads(city.signed_command("ping", {"n": 1}, cid="ct-tampered-1"))
+    tampered["args"] = {"n": 2}
+    city.publish("commands/req", json.dumps(tampered))
+    assert city.answer("ct-tampered-1")["status"] == "rejected"
+
+
+@signing
+def test_unsigned_desired_state_is_ignored(city: City) -> None:
+    version = city.wait_for("shadow/reported")["config_version"]
+    try:
+        unsigned = {"version": version + 50, "device": city.device_id, "config": {}, "release": None}
+        city.publish("shadow/desired", json.dumps(unsigned), retain=True)
+        city.ask("ping", cid="ct-after-unsigned-desired")
+        reported = [json.loads(p)["config_version"] for p, _r in city.on("shadow/reported")]
+        assert version + 50 not in reported, reported
+    finally:
+        city.publish("shadow/desired", b"", retain=True)
