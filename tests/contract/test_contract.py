@@ -167,7 +167,7 @@ def test_set_config_takes_every_documented_form(city: City, form: str) -> None:
     assert set(result["changed"]) <= {"telemetry", "logging"}
 
 
-BAD_SET_CONFIG = {  # args, and what the error must name
+BAD_SET_CONFIG: dict[str, tuple[dict[str, Any], str]] = {  # args, what the error must name
     "dotted-unknown": ({"telemetry.every": 5}, "telemetry.every"),
     "nested-unknown": ({"telemetry": {"every": 5}}, "telemetry.every"),
     "bad-value": ({"telemetry.interval_s": -1}, "telemetry.interval_s"),
