@@ -71,9 +71,16 @@ class City(Probe):
             return {q for t, q in self.qos if t.startswith(f"{self.root}/{family}")}
 
     def signed_command(
-        self, name: str, args: dict[str, Any] | None = None, *, cid: str, expires_in: float = 120
+        self,
+        name: str,
+        args: dict[str, Any] | None = None,
+        *,
+        cid: str,
+        expires_in: float = 120,
+        signer: Ed25519Signer | None = None,
     ) -> bytes:
-        """A command as ``fleet.commands.CommandService`` publishes it (signed by the fleet key)."""
+        """A command as ``fleet.commands.CommandService`` publishes it, signed by the fleet key (or
+        by ``signer``)."""
         now = utc_now()
         issued = now - timedelta(seconds=1) if expires_in > 0 else now + timedelta(seconds=expires_in - 60)
         body = {
@@ -84,7 +91,7 @@ class City(Probe):
             "expires_at": format_ts(now + timedelta(seconds=expires_in)),
             "nonce": f"n-{cid}",
         }
-        return json.dumps(self.signer.sign(body), separators=(",", ":")).encode()
+        return json.dumps((signer or self.signer).sign(body), separators=(",", ":")).encode()
 
     def command(
         self, name: str, args: dict[str, Any] | None = None, *, cid: str, expires_in: float = 120
