@@ -20,14 +20,16 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 # Test folders have no __init__.py and import their conftest and helpers by bare name, so each
-# folder is checked on its own, with itself (and the agent tests' shared helpers) on MYPYPATH.
+# folder is checked on its own, with itself (and the agent tests' shared helpers) on MYPYPATH;
+# tests/contract also imports the simulator's and the fleet's test helpers.
 TEST_DIRS := $(filter-out tests/__pycache__/,$(wildcard tests/*/))
 
 typecheck: setup
 	$(BIN)/mypy
 	@set -e; for dir in $(TEST_DIRS); do \
-		echo "MYPYPATH=$$dir:tests/agent $(BIN)/mypy --strict $$dir"; \
-		MYPYPATH=$$dir:tests/agent $(BIN)/mypy --strict $$dir; \
+		extra=""; if [ "$$dir" = tests/contract/ ]; then extra=":tests/sim:tests/fleet"; fi; \
+		echo "MYPYPATH=$$dir:tests/agent$$extra $(BIN)/mypy --strict $$dir"; \
+		MYPYPATH=$$dir:tests/agent$$extra $(BIN)/mypy --strict $$dir; \
 	done
 	MYPYPATH=tests $(BIN)/mypy --strict $(wildcard tests/*.py)
 

@@ -75,7 +75,8 @@ class VerifyPolicy:
     """Limits of the verifier (hard limits, python-tuf style)."""
 
     max_skew: timedelta = timedelta(minutes=5)
-    """How far ``issued_at`` may be ahead of the device clock, and grace after ``expires_at``."""
+    """How far ``issued_at`` may be ahead of the device clock. There is no grace after ``expires_at``:
+    the contract refuses an expired message, as the development verifier and the simulator do."""
     max_ttl: timedelta = timedelta(days=1)
     """Longest command lifetime accepted."""
     max_desired_ttl: timedelta = timedelta(days=90)
@@ -164,7 +165,7 @@ def check_window(
             f"{what} issued in the future (issued_at {format_ts(issued)}, device clock {format_ts(now)}, "
             f"allowed skew {_human(max_skew)}): check the device time or the fleet time"
         )
-    if now > expires + max_skew:
+    if now > expires:
         raise Expired(f"{what} expired at {format_ts(expires)}")
     return issued, expires
 

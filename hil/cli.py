@@ -42,6 +42,11 @@ def register(app: typer.Typer) -> None:
         ota_offline_seconds: str = typer.Option(
             "10..60", "--ota-offline-seconds", help="How long a device that drops off stays away, LOW..HIGH."
         ),
+        trust: str | None = typer.Option(
+            None,
+            "--trust",
+            help="Fleet key directory (fleet DATA_DIR/keys): run only commands signed by the fleet.",
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout at the end."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     ) -> None:
@@ -71,6 +76,7 @@ def register(app: typer.Typer) -> None:
                 "ota_offline": ota_offline,
                 "ota_seconds": ota_seconds,
                 "ota_offline_seconds": ota_offline_seconds,
+                "trust": trust,
             },
             json_out=json_out,
             quiet=quiet,

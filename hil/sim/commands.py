@@ -2,6 +2,8 @@
 
 Pure logic, no I/O: ``CommandBook.answer(payload)`` returns the ``CommandResult`` to publish on
 ``commands/res``. A re-delivered id gets the stored answer back and its command is not run again.
+With a ``verify`` function (a device given the fleet's keys), an unsigned or badly signed command
+is answered ``rejected``, as by an enrolled agent.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ class CommandFailed(Exception):
 
 
 Handler = Callable[[Command], dict[str, Any]]
+Verify = Callable[[dict[str, Any]], None]
+"""Checks a command's signature and window (raises ``agent.errors.CommandRejected`` with the reason)."""
 
 
 def _raw_id(payload: bytes) -> str | None:
@@ -36,8 +40,11 @@ def _raw_id(payload: bytes) -> str | None:
 class CommandBook:
     """Remembers the last ``capacity`` answers and nonces of one device."""
 
-    def __init__(self, handlers: Mapping[str, Handler], capacity: int = 1024) -> None:
+    def __init__(
+        self, handlers: Mapping[str, Handler], capacity: int = 1024, verify: Verify | None = None
+    ) -> None:
         self._handlers = dict(handlers)
+        self._verify = verify
         self._capacity = capacity
         self._answers: OrderedDict[str, CommandResult] = OrderedDict()
         self._nonces: OrderedDict[str, str] = OrderedDict()
@@ -57,6 +64,13 @@ class CommandBook:
             return self._store(CommandResult(id=cid, status="rejected", error=str(exc)))
         if command.id in self._answers:
             return self._again(command.id)
+        if self._verify is not None:
+            from agent.errors import CommandRejected
+
+            try:
+                self._verify(json.loads(payload))
+            except CommandRejected as exc:
+                return self._store(CommandResult(id=command.id, status="rejected", error=str(exc)))
         return self._store(self._run(command))
 
     def _again(self, cid: str) -> CommandResult:

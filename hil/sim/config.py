@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from hil.sim.ota import OtaSettings, parse_range
@@ -90,6 +93,22 @@ class SimConfig(BaseModel):
         default=(10.0, 60.0), description="How long a device dropping off mid-update stays away, LOW..HIGH."
     )
 
+    trust: str | None = Field(
+        default=None,
+        description=(
+            "Fleet key directory (the fleet's DATA_DIR/keys, made by `cityedge fleet keys init`): devices "
+            "then run only commands and desired states signed by a key listed there, as enrolled agents. "
+            "Default: they accept unsigned ones, as agents set up for development."
+        ),
+    )
+
+    @field_validator("trust")
+    @classmethod
+    def _trust(cls, value: str | None) -> str | None:
+        if value is not None:
+            fleet_keys(value)
+        return value
+
     @field_validator("ota_seconds", "ota_offline_seconds", mode="before")
     @classmethod
     def _range(cls, value: Any) -> Any:
@@ -144,3 +163,21 @@ class SimConfig(BaseModel):
     @property
     def port(self) -> int:
         return parse_broker_url(self.broker)[1]
+
+
+def fleet_keys(directory: str) -> dict[str, Ed25519PublicKey]:
+    """The fleet command keys usable now (kid → key) from a fleet key directory: the root-signed key
+    list checked against the root's public key, as an enrolled agent checks it."""
+    from fleet.signer import KEY_LIST, ROOT_PUBLIC
+    from protocol.timefmt import utc_now
+    from protocol.trust import RootKey, TrustError, verify_key_list
+
+    folder = Path(directory)
+    try:
+        root = RootKey.from_dict(json.loads((folder / ROOT_PUBLIC).read_text(encoding="utf-8")))
+        key_list = verify_key_list(json.loads((folder / KEY_LIST).read_text(encoding="utf-8")), root)
+    except (OSError, ValueError, TrustError) as exc:
+        raise SimConfigError(
+            f"fleet keys in {folder} cannot be used ({exc}); give the fleet's DATA_DIR/keys directory"
+        ) from exc
+    return key_list.active(utc_now())

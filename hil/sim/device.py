@@ -8,14 +8,16 @@ the update exchange a desired release starts (``hil.sim.ota``).
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ulid import ULID
 
 from hil.sim.commands import CommandBook, CommandFailed, Handler
@@ -32,7 +34,7 @@ from protocol.models import (
     WireModel,
     decode,
 )
-from protocol.timefmt import now_ts
+from protocol.timefmt import now_ts, utc_now
 from protocol.topics import Topics
 
 LIVE_SECTIONS = ("telemetry", "logging", "renewal")
@@ -79,6 +81,7 @@ class SimDevice:
         telemetry_interval_s: float = 30.0,
         ota: OtaSettings | None = None,
         seed: int | str = 0,
+        trusted: Mapping[str, Ed25519PublicKey] | None = None,
     ) -> None:
         self.id = device_id
         self.role = role
@@ -103,7 +106,11 @@ class SimDevice:
             KioskScenario(rng) if role == "kiosk" else CameraScenario(rng, device_id)
         )
         self.scenario.start(0.0)
-        self.commands = CommandBook(self._handlers())
+        self.trusted = trusted
+        """Fleet command keys (kid → key): with them, only signed commands and desired states count."""
+        self.commands = CommandBook(
+            self._handlers(), verify=None if trusted is None else self._verify_command
+        )
         self._after_command: list[Outgoing] = []
 
     @property
@@ -192,6 +199,15 @@ class SimDevice:
             return []
         if desired.version <= self.config_version:
             return []
+        if self.trusted is not None:
+            from agent.errors import CommandRejected
+            from agent.verify import VerifyPolicy, check_desired
+
+            try:
+                check_desired(json.loads(payload), self.trusted, utc_now(), VerifyPolicy(), None, self.id)
+            except CommandRejected as exc:
+                self.log(f"refused desired state version {desired.version}: {exc}")
+                return []
         self.config = dict(desired.config)
         self.config_version = desired.version
         self.log(f"applied desired config version {desired.version}")
@@ -246,6 +262,13 @@ class SimDevice:
             "update": self._update,
         }
 
+    def _verify_command(self, message: dict[str, Any]) -> None:
+        """As an enrolled agent (agent.verify.check_command): signed by a fleet key, in its window."""
+        from agent.verify import VerifyPolicy, check_command
+
+        assert self.trusted is not None
+        check_command(message, self.trusted, utc_now(), VerifyPolicy(), self.id)
+
     def _ping(self, command: Command) -> dict[str, Any]:
         return {"pong": True, "ts": now_ts(), "uptime_s": round(self.clock() - self.booted, 1)}
 
@@ -287,10 +310,12 @@ class SimDevice:
         }
 
     def _get_logs(self, command: Command) -> dict[str, Any]:
-        lines = command.args.get("lines", 50)
-        if not isinstance(lines, int) or lines < 1:
-            raise CommandFailed("get_logs args.lines must be a whole number >= 1")
-        return {"lines": list(self.logs)[-lines:]}
+        """As the agent's (agent.handlers.get_logs): the last ``lines`` lines and their count."""
+        wanted = command.args.get("lines", 100)
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 1:
+            raise CommandFailed("args.lines must be a positive whole number")
+        lines = list(self.logs)[-wanted:]
+        return {"lines": lines, "count": len(lines)}
 
     def _snapshot(self, command: Command) -> dict[str, Any]:
         if self.role != "camera":

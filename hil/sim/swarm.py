@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from hil.sim.config import SimConfig
+from hil.sim.config import SimConfig, fleet_keys
 from hil.sim.device import SimDevice
 from hil.sim.link import DeviceLink
 from hil.sim.scenario import Role
@@ -40,6 +40,7 @@ def device_ids(cfg: SimConfig) -> list[tuple[str, Role]]:
 def build_devices(cfg: SimConfig, assigned: Sequence[tuple[str, Role]] | None = None) -> list[SimDevice]:
     """The devices of this process: ``assigned`` (a share of ``device_ids``), or all of them."""
     topics = Topics(cfg.prefix)
+    trusted = None if cfg.trust is None else fleet_keys(cfg.trust)
     return [
         SimDevice(
             device_id,
@@ -51,6 +52,7 @@ def build_devices(cfg: SimConfig, assigned: Sequence[tuple[str, Role]] | None = 
             telemetry_interval_s=cfg.telemetry_interval_s,
             ota=cfg.ota,
             seed=cfg.seed,
+            trusted=trusted,
         )
         for device_id, role in (device_ids(cfg) if assigned is None else assigned)
     ]

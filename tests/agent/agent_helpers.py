@@ -16,17 +16,34 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import tomli_w
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from agent.errors import LocalApiError
 from agent.localapi import LocalApiClient
+from agent.truststore import TrustStore
 from fleet.broker import MosquittoBroker
 from protocol.timefmt import format_ts, utc_now
+from protocol.trust import FleetKey, RootKey, build_key_list, key_id, sign_key_list
 
 REPO = Path(__file__).resolve().parents[2]
 PREFIX = "city/v1"
+
+
+def enrol(data_dir: Path, key: Ed25519PrivateKey | None = None) -> tuple[Ed25519PrivateKey, str]:
+    """Install a fleet trust store in ``data_dir`` (as enrolment does) naming ``key`` (default: a new
+    one) as the fleet command key; returns the key and its kid, to sign what the agent will accept."""
+    root = Ed25519PrivateKey.generate()
+    key = key or Ed25519PrivateKey.generate()
+    kid = key_id("fleet", key.public_key())
+    now = utc_now()
+    key_list = sign_key_list(
+        build_key_list(1, now + timedelta(days=30), [FleetKey(kid, key.public_key(), None)]), root
+    )
+    TrustStore.install(data_dir / "trust", RootKey.from_private(root), key_list, now)
+    return key, kid
 
 
 def fast_config(

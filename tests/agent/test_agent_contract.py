@@ -1,4 +1,7 @@
-"""The agent against the MQTT contract (PROTOCOL.md), with a real mosquitto and the agent as a process."""
+"""The agent against the MQTT contract (PROTOCOL.md), with a real mosquitto and the agent as a process:
+what only the agent does (role metrics, the local API, development mode, restart by re-exec). The
+rules every device follows are checked on the agent, the simulator and FakeDevice alike in
+tests/contract."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ from agent_helpers import AgentProc, Probe, fast_config
 
 from agent.errors import LocalApiError
 from fleet.broker import MosquittoBroker
-from protocol.models import CommandResult, ShadowReported, Status, Telemetry
 
 DEVICE = "kiosk-ct-0001"
 
@@ -33,86 +35,18 @@ def city(module_broker: MosquittoBroker, agent: AgentProc) -> Iterator[Probe]:
     probe.close()
 
 
-def test_status_online_is_retained(city: Probe) -> None:
-    body = city.wait_for("status", lambda m: m.get("online") is True)
-    status = Status.model_validate(body)
-    assert status.role == "kiosk" and status.version and status.boot_id
-    assert any(retain for _payload, retain in city.on("status")), "status must be retained"
-
-
-def test_shadow_reported_is_retained(city: Probe) -> None:
-    body = city.wait_for("shadow/reported")
-    reported = ShadowReported.model_validate(body)
-    assert reported.software["agent"]
-    assert any(retain for _payload, retain in city.on("shadow/reported"))
-
-
-def test_telemetry_shape(city: Probe) -> None:
-    first = city.wait_for("telemetry")
-    second = city.wait_for("telemetry", lambda m: m["seq"] > first["seq"])
-    for body in (first, second):
-        Telemetry.model_validate(body)
-        for field in ("ts", "seq", "uptime_s", "cpu_pct", "mem_pct", "disk_pct", "temp_c"):
-            assert field in body, field
-        assert isinstance(body["seq"], int)
-        for field in ("uptime_s", "cpu_pct", "mem_pct", "disk_pct"):
-            assert isinstance(body[field], (int, float)), field
-        assert body["temp_c"] is None or isinstance(body["temp_c"], float)
-    assert not any(retain for _payload, retain in city.on("telemetry"))
-
-
 def test_role_metrics_are_merged_into_telemetry(agent: AgentProc, city: Probe) -> None:
     agent.client.report_metrics({"sessions_today": 7, "cpu_pct": 999})
     body = city.wait_for("telemetry", lambda m: m.get("sessions_today") == 7)
     assert body["cpu_pct"] <= 100  # a role cannot overwrite a contract field
 
 
-def test_ping_round_trip(city: Probe) -> None:
-    city.command("ping", cid="ping-1")
-    answer = CommandResult.model_validate(city.answer("ping-1"))
-    assert answer.status == "ok"
-    assert answer.result["pong"] is True and "ts" in answer.result
-
-
-def test_redelivered_command_is_answered_again_but_run_once(agent: AgentProc, city: Probe) -> None:
-    before = agent.status()["commands"].get("ok", 0)
-    revision = city.wait_for("shadow/reported")["local_revision"]
-    city.command("set_config", {"telemetry": {"qos": 0}}, cid="setcfg-1")
-    first = city.answer("setcfg-1")
-    assert first["status"] == "ok", first
-    city.command("set_config", {"telemetry": {"qos": 0}}, cid="setcfg-1")  # the same id again
-    city.wait_for("commands/res", lambda m: m.get("id") == "setcfg-1" and len(city.answers("setcfg-1")) >= 2)
-    answers = city.answers("setcfg-1")
-    assert len(answers) == 2 and answers[0] == answers[1]
-    assert first["result"]["local_revision"] == revision + 1
-    status = agent.wait_status(lambda s: s["commands"].get("redelivered", 0) >= 1)
-    assert status["commands"]["ok"] == before + 1  # ran once
-    city.wait_for("shadow/reported", lambda m: m["local_revision"] == revision + 1)
-
-
-def test_set_config_takes_the_documented_dotted_form(agent: AgentProc, city: Probe) -> None:
-    """``cityedge fleet command D set_config --arg telemetry.interval_s=30`` sends a dotted key;
-    the simulator answers the same (tests/sim/test_sim_contract.py)."""
-    city.command("set_config", {"telemetry.interval_s": 0.4}, cid="setcfg-dot")
-    answer = city.answer("setcfg-dot")
-    assert answer["status"] == "ok", answer
-    assert answer["result"]["changed"] == ["telemetry"] and answer["result"]["restart_required"] is False
-    unknown = city.command("set_config", {"telemetry.every": 5}, cid="setcfg-bad")
-    bad = city.answer(unknown)
-    assert bad["status"] == "error" and "telemetry.every" in bad["error"]
-
-
-def test_expired_command_is_rejected(city: Probe) -> None:
+def test_expired_command_is_rejected_by_the_development_verifier(city: Probe) -> None:
+    """Unsigned commands allowed (development) still expire; the signed path is in tests/contract."""
     city.command("ping", cid="old-1", expires_in=-60)
     answer = city.answer("old-1")
     assert answer["status"] == "rejected"
     assert "expired" in answer["error"]
-
-
-def test_unknown_command_is_an_error(city: Probe) -> None:
-    city.command("make_coffee", cid="coffee-1")
-    answer = city.answer("coffee-1")
-    assert answer["status"] == "error" and "unknown command" in answer["error"]
 
 
 def test_snapshot_is_not_available_without_a_camera(city: Probe) -> None:
@@ -132,10 +66,7 @@ def test_command_with_a_bad_field_is_rejected_naming_it(city: Probe) -> None:
     assert answer["status"] == "rejected" and "issued_at" in answer["error"]
 
 
-def test_get_logs_and_simulated_reboot(agent: AgentProc, city: Probe) -> None:
-    city.command("get_logs", {"lines": 5}, cid="logs-1")
-    logs = city.answer("logs-1")
-    assert logs["status"] == "ok" and 0 < logs["result"]["count"] <= 5
+def test_simulated_reboot(agent: AgentProc, city: Probe) -> None:
     city.command("reboot", cid="reboot-1")
     reboot = city.answer("reboot-1")
     assert reboot["status"] == "ok" and reboot["result"] == {"rebooting": True, "simulated": True}
@@ -175,24 +106,6 @@ def test_rpc_round_trip_and_timeout(agent: AgentProc, city: Probe) -> None:
         assert missing.value.code == "not_found"  # the city's code reaches the app through the socket
     finally:
         city.client.message_callback_remove(f"{city.root}/rpc/req")
-
-
-def test_last_will_after_kill9(broker: MosquittoBroker, start_agent: Callable[..., AgentProc]) -> None:
-    agent = start_agent("kiosk-will-0001", broker.url)
-    agent.wait_connected()
-    probe = Probe(broker, agent.device_id)
-    try:
-        probe.wait_for("status", lambda m: m["online"] is True)
-        agent.kill9()
-        will = probe.wait_for("status", lambda m: m["online"] is False)
-        assert Status.model_validate(will).online is False and will["reason"] == "connection lost"
-    finally:
-        probe.close()
-    late = Probe(broker, agent.device_id, name="late")  # a newcomer sees the retained offline status
-    try:
-        assert late.wait_for("status")["online"] is False
-    finally:
-        late.close()
 
 
 def test_graceful_stop_publishes_offline_and_restart_command_reexecs(

@@ -7,27 +7,14 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
-from agent_helpers import AgentProc, Probe, fast_config
+from agent_helpers import AgentProc, Probe, enrol, fast_config
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.truststore import TrustStore
 from fleet.broker import MosquittoBroker
 from protocol.signing import sign
 from protocol.timefmt import format_ts, utc_now
-from protocol.trust import FleetKey, RootKey, build_key_list, key_id, sign_key_list
 
 DEVICE = "kiosk-sig-0001"
-
-
-def enrol(data_dir: Path) -> tuple[Ed25519PrivateKey, str]:
-    root, key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    kid = key_id("fleet", key.public_key())
-    now = utc_now()
-    key_list = sign_key_list(
-        build_key_list(1, now + timedelta(days=30), [FleetKey(kid, key.public_key(), None)]), root
-    )
-    TrustStore.install(data_dir / "trust", RootKey.from_private(root), key_list, now)
-    return key, kid
 
 
 def signed_command(key: Ed25519PrivateKey, kid: str, cid: str, nonce: str) -> bytes:

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import paho.mqtt.client as mqtt
@@ -101,6 +101,75 @@ def pong(command: dict[str, Any]) -> dict[str, Any]:
     return {"id": command["id"], "status": "error", "error": f"unknown command {command['name']!r}"}
 
 
+class ContractCommands:
+    """A FakeDevice's default answers, as the contract wants them (tests/contract checks them
+    against the agent and the simulator): one answer per id (a re-delivered id gets the stored
+    answer back and is not run again); expired, malformed or replayed (nonce) commands
+    ``rejected``; ``ping`` (its result echoes the args); ``set_config`` read and validated as the
+    agent reads it; other names ``error``. Signatures are not checked: the fleet tests play an
+    unsigned development fleet."""
+
+    def __init__(self) -> None:
+        self.answers: dict[str, dict[str, Any]] = {}
+        self.nonces: dict[str, str] = {}
+        self.executed = 0
+        self.overrides: dict[str, Any] = {}
+        self.revision = 0
+
+    def __call__(self, command: dict[str, Any]) -> dict[str, Any]:
+        cid = command.get("id")
+        if isinstance(cid, str) and cid in self.answers:
+            return self.answers[cid]
+        answer = self._answer(command)
+        self.answers[answer["id"]] = answer
+        return answer
+
+    def _answer(self, command: dict[str, Any]) -> dict[str, Any]:
+        from protocol.errors import PayloadError
+        from protocol.models import Command, decode
+        from protocol.timefmt import parse_ts, utc_now
+
+        try:
+            cmd = decode(Command, json.dumps(command).encode())
+        except PayloadError as exc:
+            return {"id": str(command.get("id")), "status": "rejected", "result": {}, "error": str(exc)}
+        if parse_ts(cmd.expires_at) <= utc_now():
+            return {"id": cmd.id, "status": "rejected", "result": {}, "error": f"expired at {cmd.expires_at}"}
+        if cmd.nonce in self.nonces:
+            error = f"replayed nonce (first used by {self.nonces[cmd.nonce]})"
+            return {"id": cmd.id, "status": "rejected", "result": {}, "error": error}
+        self.nonces[cmd.nonce] = cmd.id
+        if cmd.name == "ping":
+            self.executed += 1
+            return pong(command)
+        if cmd.name == "set_config":
+            return self._set_config(cmd.id, cmd.args)
+        return {"id": cmd.id, "status": "error", "result": {}, "error": f"unknown command {cmd.name!r}"}
+
+    def _set_config(self, cid: str, args: dict[str, Any]) -> dict[str, Any]:
+        from agent.config import deep_merge, set_config_overrides, validate_layer
+        from agent.errors import ConfigError
+
+        base = {"device": {"id": "fake-0001", "role": "camera"}}
+        try:
+            merged = deep_merge(self.overrides, set_config_overrides(args))
+            old = validate_layer(deep_merge(base, self.overrides), "local overrides")
+            new = validate_layer(deep_merge(base, merged), "local overrides (set_config)")
+        except ConfigError as exc:
+            return {"id": cid, "status": "error", "result": {}, "error": str(exc)}
+        self.executed += 1
+        self.overrides = merged
+        self.revision += 1
+        changed = [k for k in type(new).model_fields if getattr(old, k) != getattr(new, k)]
+        live = ("telemetry", "logging", "renewal")
+        result = {
+            "local_revision": self.revision,
+            "changed": changed,
+            "restart_required": any(k not in live for k in changed),
+        }
+        return {"id": cid, "status": "ok", "result": result}
+
+
 class FakeDevice:
     """A device as the fleet sees it: status with a last will, telemetry, events, commands, RPC."""
 
@@ -111,16 +180,17 @@ class FakeDevice:
         *,
         role: str = "camera",
         version: str = "1.2.3",
-        on_command: CommandHandler | None = pong,
+        on_command: CommandHandler | Literal["contract"] | None = "contract",
         topics: Topics | None = None,
     ) -> None:
         self.broker = broker
         self.id = device_id
         self.role = role
         self.version = version
-        self.on_command = on_command
+        self.on_command = ContractCommands() if on_command == "contract" else on_command
         self.topics = topics or Topics()
         self.seq = 0
+        self.telemetry_seq = 0
         self.commands: list[dict[str, Any]] = []
         self.rpc_answers: dict[str, dict[str, Any]] = {}
         self._rpc_event = threading.Condition()
@@ -154,7 +224,7 @@ class FakeDevice:
     def telemetry(self, **metrics: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
             "ts": now_ts(),
-            "seq": self.seq,
+            "seq": self.telemetry_seq,
             "uptime_s": 12.5,
             "cpu_pct": 21.0,
             "mem_pct": 43.0,
@@ -162,6 +232,7 @@ class FakeDevice:
             "temp_c": 51.5,
         }
         body.update(metrics)
+        self.telemetry_seq += 1
         self.publish(self.topics.telemetry(self.id), json.dumps(body))
         return body
 

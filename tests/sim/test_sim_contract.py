@@ -1,4 +1,5 @@
-"""The simulator speaks the MQTT contract of PROTOCOL.md, checked on a real mosquitto."""
+"""The simulator on a real mosquitto: many devices, roles, scenarios, stop and broker loss. The contract's
+rules for one device are checked on the simulator, the agent and FakeDevice alike in tests/contract."""
 
 from __future__ import annotations
 
@@ -110,43 +111,22 @@ def _ask(obs: Observer, device: str, payload: bytes, cid: str, count: int = 1) -
     return decode(CommandResult, _answers(obs, cid)[-1].payload)
 
 
-def test_commands_are_answered_once_per_id(sim_factory: SimF, observer_factory: ObsF) -> None:
+def test_commands_by_role_and_the_run_counter(sim_factory: SimF, observer_factory: ObsF) -> None:
+    """What only the simulator shows: its run counter, and snapshot by role. The contract's rules
+    for commands (once per id, expiry, set_config forms, ...) are in tests/contract."""
     sim = sim_factory(devices=2)
     sim.wait_connected()
     obs = observer_factory()
     kiosk, cam = "kiosk-sim-0001", "cam-sim-0001"
     ping = _command("c-ping-1", "ping")
     first = _ask(obs, kiosk, ping, "c-ping-1")
-    assert first.status == "ok" and first.result["pong"] is True
     again = _ask(obs, kiosk, ping, "c-ping-1", count=2)
-    raw = [m.payload for m in _answers(obs, "c-ping-1")]
-    assert raw[0] == raw[1] and again == first  # the stored answer, not a second run
+    assert first.status == "ok" and again == first
     assert sim.sim is not None and sim.sim.devices[0].commands.executed == 1
-
-    unknown = _ask(obs, kiosk, _command("c-x", "self_destruct"), "c-x")
-    assert unknown.status == "error" and "self_destruct" in (unknown.error or "")
-    expired = _ask(obs, kiosk, _command("c-old", "ping", ttl_s=-5), "c-old")
-    assert expired.status == "rejected" and "expired" in (expired.error or "")
-    bad = _ask(obs, kiosk, json.dumps({"id": "c-bad", "name": "ping"}).encode(), "c-bad")
-    assert bad.status == "rejected"
+    assert sim.sim.devices[0].commands.redelivered == 1
     assert _ask(obs, kiosk, _command("c-snap", "snapshot"), "c-snap").status == "error"
     assert _ask(obs, cam, _command("c-snap2", "snapshot"), "c-snap2").status == "ok"
     assert _ask(obs, cam, _command("c-restart", "restart"), "c-restart").status == "ok"
-
-    # set_config takes the documented dotted form (fleet command --arg telemetry.interval_s=30) and
-    # the nested one, and refuses what a real agent refuses, in the same words (agent.config).
-    done = _ask(obs, cam, _command("c-cfg", "set_config", {"telemetry.interval_s": 30}), "c-cfg")
-    assert done.status == "ok", done.error
-    assert done.result == {"local_revision": 1, "changed": ["telemetry"], "restart_required": False}
-    nested = _ask(obs, cam, _command("c-cfg2", "set_config", {"telemetry": {"qos": 1}}), "c-cfg2")
-    assert nested.status == "ok" and nested.result["local_revision"] == 2
-    unknown = _ask(obs, cam, _command("c-cfg3", "set_config", {"telemetry.every": 5}), "c-cfg3")
-    assert unknown.status == "error" and "telemetry.every" in (unknown.error or "")
-    obs.wait_for(
-        lambda ms: any(m.json().get("local_revision") == 2 for m in ms), f"{cam}/shadow/reported", 10, "rev 2"
-    )
-    logs = _ask(obs, cam, _command("c-logs", "get_logs", {"lines": 5}), "c-logs")
-    assert logs.status == "ok" and 0 < len(logs.result["lines"]) <= 5
 
 
 def test_desired_state_is_applied_and_reported(

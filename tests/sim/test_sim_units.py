@@ -5,16 +5,21 @@ from __future__ import annotations
 import json
 import random
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from fleet.keys_cli import init_keys
+from fleet.signer import load_fleet_signer
 from hil.sim.commands import CommandBook, CommandFailed
 from hil.sim.config import SimConfig
 from hil.sim.device import SimDevice
 from hil.sim.link import Backoff
 from hil.sim.scenario import Role
-from hil.sim.swarm import device_ids
+from hil.sim.swarm import build_devices, device_ids
 from protocol.models import Command, EventEnvelope, decode
 from protocol.timefmt import format_ts, utc_now
 from protocol.topics import DEVICE_ID_RE, Topics
@@ -109,3 +114,36 @@ def test_scenario_time_produces_valid_events_with_consecutive_seq() -> None:
         envs = [decode(EventEnvelope, o.payload, topic=o.topic) for o in outs]
         assert envs and [e.seq for e in envs] == list(range(1, len(envs) + 1))
         assert len({e.id for e in envs}) == len(envs)
+
+
+def test_trust_needs_a_fleet_key_directory(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match=r"fleet keys in .* cannot be used"):
+        SimConfig(broker="mqtt://127.0.0.1:1", trust=str(tmp_path))
+    init_keys(tmp_path, tmp_path / "root.pem")
+    (tmp_path / "keys" / "fleet_keys.json").write_text(
+        json.dumps({**json.loads((tmp_path / "keys" / "fleet_keys.json").read_text()), "version": 9})
+    )
+    with pytest.raises(
+        ValidationError, match="cannot be used"
+    ):  # the list no longer matches its root signature
+        SimConfig(broker="mqtt://127.0.0.1:1", trust=str(tmp_path / "keys"))
+
+
+def test_a_device_with_fleet_keys_answers_only_signed_commands(tmp_path: Path) -> None:
+    init_keys(tmp_path, tmp_path / "root.pem")
+    cfg = SimConfig(broker="mqtt://127.0.0.1:1", devices=1, trust=str(tmp_path / "keys"))
+    [device] = build_devices(cfg)
+    now = utc_now()
+    body = {
+        "id": "c-1",
+        "name": "ping",
+        "args": {},
+        "issued_at": format_ts(now),
+        "expires_at": format_ts(now + timedelta(minutes=1)),
+        "nonce": "n-1",
+    }
+    unsigned = device.commands.answer(json.dumps(body).encode())
+    assert unsigned is not None and unsigned.status == "rejected" and "unsigned" in (unsigned.error or "")
+    signed = load_fleet_signer(tmp_path).sign(dict(body, id="c-2", nonce="n-2"))
+    answer = device.commands.answer(json.dumps(signed).encode())
+    assert answer is not None and answer.status == "ok" and device.commands.executed == 1
