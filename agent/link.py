@@ -107,6 +107,7 @@ class Link:
         self._client: mqtt.Client | None = None
         self._generation = 0
         self._connected = False
+        self._subscribed = False  # the broker acknowledged this connection's subscriptions (SUBACK)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
         self._rng = random.Random()
@@ -177,6 +178,7 @@ class Link:
     def state(self) -> dict[str, Any]:
         return {
             "connected": self._connected,
+            "subscribed": self._connected and self._subscribed,
             "since": self.since,
             "broker": self.settings.broker,
             "last_error": self.last_error,
@@ -261,6 +263,7 @@ class Link:
         was = self._connected
         with self._lock:
             self._connected = False
+            self._subscribed = False
             self._client = None
         sock = client.socket()
         if sock is not None:
@@ -305,6 +308,7 @@ class Link:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.on_subscribe = self._handle_subscribe
         client.on_publish = lambda _c, _u, mid, rc, _p: self._ack(generation, mid, rc)
         return client
 
@@ -324,6 +328,7 @@ class Link:
             return
         with self._lock:
             self._connected = True
+            self._subscribed = False
         self.connects += 1
         self.last_error = None
         self.since = now_ts()
@@ -341,6 +346,15 @@ class Link:
         )
         for hook in self._connect_hooks:
             hook()
+
+    def _handle_subscribe(
+        self, _client: mqtt.Client, _userdata: Any, _mid: int, reasons: list[ReasonCode], _props: Any
+    ) -> None:
+        refused = [r.getName() for r in reasons if r.is_failure]
+        if refused:
+            log.error("MQTT link: the broker refused the device's subscriptions: %s", ", ".join(refused))
+            return
+        self._subscribed = True
 
     def _handle_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _props: Any

@@ -119,7 +119,8 @@ class AgentProc:
         return self.wait_status(lambda s: True, timeout)
 
     def wait_connected(self, timeout: float = 30.0) -> dict[str, Any]:
-        return self.wait_status(lambda s: bool(s["link"]["connected"]), timeout)
+        """Connected, and its subscriptions acknowledged: a command published now reaches it."""
+        return self.wait_status(lambda s: bool(s["link"]["connected"] and s["link"]["subscribed"]), timeout)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""

@@ -138,7 +138,7 @@ def agent_data(broker: MosquittoBroker, tmp_path: Path) -> Iterator[Path]:
         deadline = time.monotonic() + 20
         while True:
             try:
-                if client.status()["link"]["connected"]:
+                if client.status()["link"]["subscribed"]:
                     break
             except Exception:
                 pass
