@@ -31,6 +31,7 @@ from fleet.batchqueue import BatchQueue
 from fleet.config import FleetConfig
 from fleet.devicekeys import build_intake, open_inventory
 from fleet.inbound import Inbound, Received
+from fleet.ingest import RAW_TOKEN
 from fleet.stats import IngestStats
 from fleet.store import Store
 from fleet.writer import BatchWriter, WriterStopped
@@ -39,8 +40,9 @@ from protocol.topics import Topics
 log = logging.getLogger(__name__)
 
 Wire = tuple[
-    int, str, bytes, float, bool
+    int, str, bytes | bytearray, float, bool
 ]  # token (-1: nothing to acknowledge), topic, payload, time, retained
+RawAck = Callable[[list[int]], None]
 
 
 class WriterProcessError(RuntimeError):
@@ -158,18 +160,22 @@ class ProcessWriter:
         *,
         retained_floor: datetime,
         on_lost: Callable[[], None] = lambda: None,
+        ack_raw: RawAck | None = None,
     ) -> None:
         self.config = config
         self.stats = stats
         self.retained_floor = retained_floor
         self.on_lost = on_lost
+        self.ack_raw = ack_raw  # acknowledges committed raw tokens (``MqttLink.ack_tokens``)
         self._ctx = multiprocessing.get_context("spawn")
         self._queue: BatchQueue[Wire | None] = BatchQueue(config.queue_max)
         self._pending: dict[int, Callable[[], None]] = {}
         self._tokens = itertools.count()
+        self._raw_in = 0  # raw messages accepted (MQTT thread) and settled (results thread)
+        self._raw_out = 0
         self._stopping = False
         self._child: _Child | None = None
-        stats.queue_depth = lambda: len(self._pending)
+        stats.queue_depth = lambda: len(self._pending) + max(0, self._raw_in - self._raw_out)
 
     def accept(self, received: Received) -> None:
         token = -1
@@ -178,6 +184,15 @@ class ProcessWriter:
             self._pending[token] = received.ack
         payload = bytes(received.payload)
         self._queue.put((token, received.topic, payload, received.received_at.timestamp(), received.retained))
+
+    def accept_raw(
+        self, token: int, topic: str, payload: bytes | bytearray, at: float, retained: bool
+    ) -> None:
+        """The MQTT thread's hot path (``fleet.ingest.RawSink``): a raw token is acknowledged
+        through ``ack_raw`` once its batch committed."""
+        if token >= 0:
+            self._raw_in += 1
+        self._queue.put((token, topic, payload, at, retained))
 
     def start(self) -> None:
         self._child = _Child(self)
@@ -203,10 +218,19 @@ class ProcessWriter:
     def _committed(
         self, tokens: list[int], outcome: dict[str, int], seconds: float, rejected: list[Any]
     ) -> None:
+        raw: list[int] = []
+        pending = self._pending
         for token in tokens:
-            ack = self._pending.pop(token, None)
+            if token >= RAW_TOKEN:
+                raw.append(token)
+                continue
+            ack = pending.pop(token, None)
             if ack is not None:
                 ack()
+        if raw:
+            self._raw_out += len(raw)
+            if self.ack_raw is not None:
+                self.ack_raw(raw)
         self.stats.on_committed(BatchOutcome(**outcome), seconds)
         for reason, family in rejected:
             self.stats.on_rejected(reason, family)
@@ -222,6 +246,7 @@ class ProcessWriter:
         )
         self._pending.clear()
         self._queue.take(10**9, 0)
+        self._raw_out = self._raw_in
         try:
             self.start()
         except WriterProcessError as exc:
