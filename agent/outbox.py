@@ -155,14 +155,17 @@ class Outbox:
         with self._read_lock:
             return read_after(self._read, seq, limit)
 
-    def ack(self, seqs: Iterable[int]) -> None:
-        """The broker acknowledged these events: delete them (in the next group commit)."""
+    def ack(self, seqs: Iterable[int], *, flush: bool = False) -> None:
+        """The broker acknowledged these events: delete them (in the next group commit; with
+        ``flush``, at once: the sender has nothing more in flight to batch them with)."""
         with self._cond:
             first = not self._acks
             if first:
                 self._acks_since = time.monotonic()
             self._acks.update(seqs)
-            if first or len(self._acks) >= ACK_BATCH:
+            if flush:
+                self._flush_wanted = True
+            if first or flush or len(self._acks) >= ACK_BATCH:
                 self._cond.notify_all()
 
     def add_listener(self, callback: Callable[[], None]) -> None:
