@@ -11,8 +11,9 @@ back, so that they join one commit instead of alternating between two.
 
 ``seq`` grows by one per stored event and is persisted in the same transaction as the event, so it
 survives restarts and never repeats. Rows are deleted only when the broker acknowledges them
-(``ack``); deletes ride along with the next commit of events, or go alone after 1000 acks or 50 ms
-(a delete lost in a crash only means the event is sent again, and the city de-duplicates on id).
+(``ack``); deletes ride along with the next commit of events, or go alone after 1000 acks or 50 ms,
+or at once when the sender has nothing more in flight (``ack(..., flush=True)``); a delete lost in
+a crash only means the event is sent again, and the city de-duplicates on id.
 
 Size limits (``max_events``, ``max_bytes``), eviction order when full:
   1. telemetry-class events (``telemetry_kinds`` patterns), oldest first;
