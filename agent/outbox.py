@@ -11,8 +11,9 @@ back, so that they join one commit instead of alternating between two.
 
 ``seq`` grows by one per stored event and is persisted in the same transaction as the event, so it
 survives restarts and never repeats. Rows are deleted only when the broker acknowledges them
-(``ack``); deletes ride along with the next commit of events, or go alone after 1000 acks or 50 ms
-(a delete lost in a crash only means the event is sent again, and the city de-duplicates on id).
+(``ack``); deletes ride along with the next commit of events, or go alone after 1000 acks or 50 ms,
+or at once when the sender has nothing more in flight (``ack(..., flush=True)``); a delete lost in
+a crash only means the event is sent again, and the city de-duplicates on id.
 
 Size limits (``max_events``, ``max_bytes``), eviction order when full:
   1. telemetry-class events (``telemetry_kinds`` patterns), oldest first;
@@ -155,14 +156,17 @@ class Outbox:
         with self._read_lock:
             return read_after(self._read, seq, limit)
 
-    def ack(self, seqs: Iterable[int]) -> None:
-        """The broker acknowledged these events: delete them (in the next group commit)."""
+    def ack(self, seqs: Iterable[int], *, flush: bool = False) -> None:
+        """The broker acknowledged these events: delete them (in the next group commit; with
+        ``flush``, at once: the sender has nothing more in flight to batch them with)."""
         with self._cond:
             first = not self._acks
             if first:
                 self._acks_since = time.monotonic()
             self._acks.update(seqs)
-            if first or len(self._acks) >= ACK_BATCH:
+            if flush:
+                self._flush_wanted = True
+            if first or flush or len(self._acks) >= ACK_BATCH:
                 self._cond.notify_all()
 
     def add_listener(self, callback: Callable[[], None]) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.errors import OutboxFull
 
@@ -38,8 +38,9 @@ class EventClass(IntEnum):
     EVIDENCE = 2
 
 
-@dataclass(frozen=True)
-class OutboxRow:
+class OutboxRow(NamedTuple):
+    """One stored event, payload ready to publish (a tuple: read in batches on the send path)."""
+
     seq: int
     id: str
     kind: str
@@ -56,10 +57,10 @@ def open_db(path: Path, fsync: str) -> sqlite3.Connection:
 
 
 def read_after(conn: sqlite3.Connection, seq: int, limit: int) -> list[OutboxRow]:
-    rows = conn.execute(
+    cursor = conn.execute(
         "SELECT seq, id, kind, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
-    ).fetchall()
-    return [OutboxRow(int(r[0]), str(r[1]), str(r[2]), bytes(r[3])) for r in rows]
+    )
+    return list(map(OutboxRow._make, cursor))  # INTEGER, TEXT, TEXT, BLOB: already int, str, str, bytes
 
 
 class OutboxTable:

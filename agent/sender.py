@@ -74,9 +74,10 @@ class OutboxSender:
 
     def on_ack(self, generation: int, mid: int, ok: bool, reason: str) -> None:
         """Called by the link for every PUBACK (any topic); cheap and lock-free for paho."""
-        self._acks.append((generation, mid, ok, reason))
-        if len(self._acks) >= self._batch:
-            self.notify()  # otherwise the sender picks them up within ACK_POLL_S
+        acks = self._acks
+        acks.append((generation, mid, ok, reason))
+        if len(acks) >= self._batch or len(acks) >= len(self._inflight):
+            self.notify()  # a batch, or the last in flight; otherwise picked up within ACK_POLL_S
 
     @property
     def inflight(self) -> int:
@@ -151,4 +152,5 @@ class OutboxSender:
                 )
         if done:
             self.acked += len(done)
-            self.outbox.ack(done)
+            # Nothing left in flight or read ahead: no more acks to batch these deletes with soon.
+            self.outbox.ack(done, flush=not self._inflight and not self._buffer)

@@ -130,8 +130,16 @@ class DeviceState:
             self["shadow_reported"], self["shadow_reported_at"] = body, at
 
 
+_PG_LOCK_DEVICES = "SELECT id, last_seq FROM devices WHERE id = ANY(%b::varchar[]) ORDER BY id FOR UPDATE"
+_PG_EXISTING_EVENTS = "SELECT id FROM events WHERE id = ANY(%b::varchar[])"
+
+
 def _select_locked(conn: Connection, ids: Sequence[str], states: dict[str, DeviceState]) -> None:
     """Read (and on PostgreSQL lock) the rows: only id and last_seq, which gap detection needs."""
+    if conn.dialect.name == "postgresql":  # one array parameter: a short query text, parsed once
+        for device, last_seq in conn.exec_driver_sql(_PG_LOCK_DEVICES, (list(ids),)):
+            states[device] = DeviceState({"id": device, "last_seq": last_seq})
+        return
     for part in chunks(ids):
         query = select(devices.c.id, devices.c.last_seq).where(devices.c.id.in_(part)).order_by(devices.c.id)
         if conn.dialect.name == "postgresql":
@@ -214,7 +222,9 @@ def _store_events(
     for item in items:
         unique.setdefault(str((item.body or {})["id"]), item)
     existing: set[str] = set()
-    for part in chunks(list(unique)):
+    if conn.dialect.name == "postgresql":
+        existing.update(row[0] for row in conn.exec_driver_sql(_PG_EXISTING_EVENTS, (list(unique),)))
+    for part in chunks(list(unique)) if conn.dialect.name != "postgresql" else ():
         existing.update(conn.execute(select(events.c.id).where(events.c.id.in_(part))).scalars())
     new = [item for key, item in unique.items() if key not in existing]
     out.events_duplicate = len(items) - len(new)

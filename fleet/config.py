@@ -84,7 +84,12 @@ class FleetConfig(BaseModel):
         description="How long the broker keeps this worker's session (and its queue) offline.",
     )
     receive_maximum: int = Field(
-        default=2000, ge=1, le=65535, description="Unacknowledged QoS 1 messages the broker may send at once."
+        default=10_000,
+        ge=1,
+        le=65535,
+        description="Unacknowledged QoS 1 messages the broker may send at once. Messages are acknowledged "
+        "only after their batch committed, so this must hold several batches: the next ones arrive and "
+        "are decoded while one commits (kept below queue_max, so receiving never blocks).",
     )
     max_payload_bytes: int = Field(
         default=256 * 1024, ge=1, description="Largest accepted payload, in bytes."

@@ -4,6 +4,12 @@ paho-mqtt 2.x, MQTT v5, persistent session (``clean_start=False`` + session expi
 stable client id. Every received message is classified and handed, in arrival order, to the
 batch writer with an ``ack`` callback; the PUBACK goes out only once its batch committed. Acks
 of a previous connection are dropped (the broker resends those messages; events de-duplicate).
+
+With a ``raw_sink`` (the writer process) the MQTT thread does the least it can per message: no
+objects, no closures, no clock reads beyond one float; the message goes on as (token, topic,
+payload, time, retained), where the token carries the connection generation and the packet id.
+Committed tokens come back in batches (``ack_tokens``) and their PUBACKs are queued to paho as one
+write instead of one queued packet (and one wake-up of the network thread) per message.
 """
 
 from __future__ import annotations
@@ -12,9 +18,10 @@ import contextlib
 import logging
 import socket
 import ssl
+import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -32,7 +39,19 @@ from protocol.topics import Topics
 log = logging.getLogger(__name__)
 
 Sink = Callable[[Received], None]
+RawSink = Callable[[int, str, bytes | bytearray, float, bool], None]
+"""(token, topic, payload, time.time() of arrival, retained); token -1: nothing to acknowledge."""
 RpcHandler = Callable[[str, dict[str, Any]], None]
+
+RAW_TOKEN = 1 << 62
+"""Set in every token a raw sink receives: ``RAW_TOKEN | generation << 16 | packet id``."""
+_PUBACK = struct.Struct("!BBH")  # MQTT 5 PUBACK, success: no reason code, no properties
+_PUBACK_TYPE = 0x40
+_ACKS_PER_WRITE = 1024
+
+
+def raw_token(generation: int, mid: int) -> int:
+    return RAW_TOKEN | (generation << 16) | mid
 
 
 class IngestError(RuntimeError):
@@ -60,11 +79,19 @@ class MqttLink:
     """One fleet worker's connection to the broker."""
 
     def __init__(
-        self, config: FleetConfig, topics: Topics, sink: Sink, stats: IngestStats, on_rpc: RpcHandler
+        self,
+        config: FleetConfig,
+        topics: Topics,
+        sink: Sink,
+        stats: IngestStats,
+        on_rpc: RpcHandler,
+        *,
+        raw_sink: RawSink | None = None,
     ) -> None:
         self.config = config
         self.topics = topics
         self.sink = sink
+        self.raw_sink = raw_sink
         self.stats = stats
         self.on_rpc = on_rpc
         self.client = make_client(config, config.worker_id)
@@ -72,8 +99,10 @@ class MqttLink:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
-        self.client.on_message = self._on_message
+        self.client.on_message = self._on_message if raw_sink is None else self._on_message_raw
         self._generation = 0
+        self._prefix = topics.prefix
+        self._received = stats.received
         self._subscribed = threading.Event()
         self._refused: str | None = None
         self.connected = False
@@ -160,6 +189,35 @@ class MqttLink:
                 self.client.ack(mid, qos)
 
         return ack
+
+    def ack_tokens(self, tokens: Sequence[int]) -> None:
+        """Acknowledge committed messages by raw token (those of an earlier connection are dropped:
+        the broker delivers them again)."""
+        current = raw_token(self._generation, 0) >> 16
+        mids = [token & 0xFFFF for token in tokens if token >> 16 == current]
+        if not mids:
+            return
+        queue = getattr(self.client, "_packet_queue", None)
+        if queue is None:  # not paho 2.x: one PUBACK at a time through the public call
+            for mid in mids:
+                self.client.ack(mid, 1)
+            return
+        pack = _PUBACK.pack
+        for start in range(0, len(mids), _ACKS_PER_WRITE):
+            part = mids[start : start + _ACKS_PER_WRITE]
+            # paho writes a queued packet as bytes; PUBACKs back to back are one such write
+            queue(_PUBACK_TYPE, b"".join([pack(_PUBACK_TYPE, 2, mid) for mid in part]), 0, 0)
+
+    def _on_message_raw(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """The hot path: count, hand on the raw message with its token, nothing else."""
+        topic = msg.topic
+        family = family_of(topic, self._prefix)
+        self._received[family] += 1  # only this thread counts received messages: no lock needed
+        if family == "rpc/req":
+            self._dispatch_rpc(Received(topic, msg.payload, utc_now(), bool(msg.retain), None))
+        token = raw_token(self._generation, msg.mid) if msg.qos else -1
+        assert self.raw_sink is not None
+        self.raw_sink(token, topic, msg.payload, time.time(), bool(msg.retain))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         received = Received(

@@ -14,9 +14,13 @@ delivers every unacknowledged message again from the persistent session.
 from __future__ import annotations
 
 import contextlib
+import functools
+import gc
 import itertools
 import logging
 import multiprocessing
+import os
+import queue
 import signal
 import threading
 import time
@@ -31,6 +35,7 @@ from fleet.batchqueue import BatchQueue
 from fleet.config import FleetConfig
 from fleet.devicekeys import build_intake, open_inventory
 from fleet.inbound import Inbound, Received
+from fleet.ingest import RAW_TOKEN
 from fleet.stats import IngestStats
 from fleet.store import Store
 from fleet.writer import BatchWriter, WriterStopped
@@ -39,8 +44,9 @@ from protocol.topics import Topics
 log = logging.getLogger(__name__)
 
 Wire = tuple[
-    int, str, bytes, float, bool
+    int, str, bytes | bytearray, float, bool
 ]  # token (-1: nothing to acknowledge), topic, payload, time, retained
+RawAck = Callable[[list[int]], None]
 
 
 class WriterProcessError(RuntimeError):
@@ -101,6 +107,10 @@ def child_main(conn: Connection, config_data: dict[str, Any], floor: float, log_
         evidence=build_intake(config.data_dir, inventory),
     )
     send(("ready",))
+    # Everything loaded so far lives as long as the process; each batch then allocates tens of
+    # thousands of short-lived, acyclic objects: collect the young generation less often.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     try:
         _serve(conn, writer, config, done)
     except (WriterStopped, EOFError, OSError):
@@ -114,15 +124,37 @@ def child_main(conn: Connection, config_data: dict[str, Any], floor: float, log_
 
 
 def _serve(conn: Connection, writer: BatchWriter, config: FleetConfig, done: list[int]) -> None:
-    """One thread does it all (no GIL shared with anyone): read, decode, commit in batches of up
-    to ``batch_max`` every ``batch_interval_s``, or as soon as input pauses for ``batch_idle_s``."""
+    """Read and decode here, commit in a second thread: decoding the next batch overlaps the
+    commit of the last one (SQLite and the PostgreSQL driver release the interpreter lock while the
+    database works and the disk syncs). A batch closes at ``batch_max`` messages, after
+    ``batch_interval_s``, or as soon as input pauses for ``batch_idle_s``."""
+    batches: queue.Queue[list[Inbound] | None] = queue.Queue(maxsize=1)
+    committer = threading.Thread(
+        target=_committer, args=(writer, batches, config.batch_max), name="fleet-writer-commit", daemon=True
+    )
+    committer.start()
+    try:
+        _read(conn, writer, config, done, batches)
+    finally:
+        batches.put(None)
+        committer.join()
+
+
+def _read(
+    conn: Connection,
+    writer: BatchWriter,
+    config: FleetConfig,
+    done: list[int],
+    batches: queue.Queue[list[Inbound] | None],
+) -> None:
     pending: list[Inbound] = []
     deadline = 0.0
+    done_append = done.append
     while True:
         if pending:
             wait = min(config.batch_idle_s, deadline - time.monotonic())
             if len(pending) >= config.batch_max or wait <= 0 or not conn.poll(wait):
-                _commit(writer, pending, config.batch_max)
+                batches.put(pending)
                 pending = []
                 continue
         try:
@@ -130,14 +162,25 @@ def _serve(conn: Connection, writer: BatchWriter, config: FleetConfig, done: lis
         except (EOFError, OSError):  # the fleet process is gone: nothing can be acknowledged any more
             return
         if batch is None:
-            _commit(writer, pending, config.batch_max)
+            if pending:
+                batches.put(pending)
             return
         if not pending:
             deadline = time.monotonic() + config.batch_interval_s
         for token, topic, payload, at, retained in batch:
-            ack = None if token < 0 else (lambda t=token: done.append(t))
+            ack = None if token < 0 else functools.partial(done_append, token)
             received = Received(topic, payload, datetime.fromtimestamp(at, timezone.utc), retained, ack)
             pending.append(writer.prepare(received))
+
+
+def _committer(writer: BatchWriter, batches: queue.Queue[list[Inbound] | None], size: int) -> None:
+    while (items := batches.get()) is not None:
+        try:
+            _commit(writer, items, size)
+        except Exception:  # supervisor boundary: end the process; the fleet restarts it, the broker resends
+            log.exception("the writer process failed; exiting (nothing of the failed batch was acknowledged)")
+            logging.shutdown()
+            os._exit(70)
 
 
 def _commit(writer: BatchWriter, items: list[Inbound], size: int) -> None:
@@ -158,18 +201,22 @@ class ProcessWriter:
         *,
         retained_floor: datetime,
         on_lost: Callable[[], None] = lambda: None,
+        ack_raw: RawAck | None = None,
     ) -> None:
         self.config = config
         self.stats = stats
         self.retained_floor = retained_floor
         self.on_lost = on_lost
+        self.ack_raw = ack_raw  # acknowledges committed raw tokens (``MqttLink.ack_tokens``)
         self._ctx = multiprocessing.get_context("spawn")
         self._queue: BatchQueue[Wire | None] = BatchQueue(config.queue_max)
         self._pending: dict[int, Callable[[], None]] = {}
         self._tokens = itertools.count()
+        self._raw_in = 0  # raw messages accepted (MQTT thread) and settled (results thread)
+        self._raw_out = 0
         self._stopping = False
         self._child: _Child | None = None
-        stats.queue_depth = lambda: len(self._pending)
+        stats.queue_depth = lambda: len(self._pending) + max(0, self._raw_in - self._raw_out)
 
     def accept(self, received: Received) -> None:
         token = -1
@@ -178,6 +225,15 @@ class ProcessWriter:
             self._pending[token] = received.ack
         payload = bytes(received.payload)
         self._queue.put((token, received.topic, payload, received.received_at.timestamp(), received.retained))
+
+    def accept_raw(
+        self, token: int, topic: str, payload: bytes | bytearray, at: float, retained: bool
+    ) -> None:
+        """The MQTT thread's hot path (``fleet.ingest.RawSink``): a raw token is acknowledged
+        through ``ack_raw`` once its batch committed."""
+        if token >= 0:
+            self._raw_in += 1
+        self._queue.put((token, topic, payload, at, retained))
 
     def start(self) -> None:
         self._child = _Child(self)
@@ -203,10 +259,19 @@ class ProcessWriter:
     def _committed(
         self, tokens: list[int], outcome: dict[str, int], seconds: float, rejected: list[Any]
     ) -> None:
+        raw: list[int] = []
+        pending = self._pending
         for token in tokens:
-            ack = self._pending.pop(token, None)
+            if token >= RAW_TOKEN:
+                raw.append(token)
+                continue
+            ack = pending.pop(token, None)
             if ack is not None:
                 ack()
+        if raw:
+            self._raw_out += len(raw)
+            if self.ack_raw is not None:
+                self.ack_raw(raw)
         self.stats.on_committed(BatchOutcome(**outcome), seconds)
         for reason, family in rejected:
             self.stats.on_rejected(reason, family)
@@ -222,6 +287,7 @@ class ProcessWriter:
         )
         self._pending.clear()
         self._queue.take(10**9, 0)
+        self._raw_out = self._raw_in
         try:
             self.start()
         except WriterProcessError as exc:

@@ -102,7 +102,14 @@ class FleetService:
             timeout_s=config.rpc_timeout_s,
             on_outcome=self.stats.on_rpc,
         )
-        self.link = MqttLink(config, self.topics, self._accept, self.stats, self.rpc.submit)
+        raw_sink = None
+        if isinstance(self.writer, ProcessWriter):
+            raw_sink = self._accept_raw
+        self.link = MqttLink(
+            config, self.topics, self._accept, self.stats, self.rpc.submit, raw_sink=raw_sink
+        )
+        if isinstance(self.writer, ProcessWriter):
+            self.writer.ack_raw = self.link.ack_tokens
         self.commands = CommandService(
             self.store,
             self.publish,
@@ -130,6 +137,12 @@ class FleetService:
     def _accept(self, received: Received) -> None:
         if not self._paused.is_set():  # while stopping, leave messages unacked for the next start
             self.writer.accept(received)
+
+    def _accept_raw(
+        self, token: int, topic: str, payload: bytes | bytearray, at: float, retained: bool
+    ) -> None:
+        if not self._paused.is_set():  # while stopping, leave messages unacked for the next start
+            self.writer.accept_raw(token, topic, payload, at, retained)  # type: ignore[union-attr]
 
     def _writer_lost(self) -> None:
         self.link.force_reconnect()
