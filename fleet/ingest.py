@@ -18,7 +18,6 @@ import contextlib
 import logging
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -45,9 +44,6 @@ RpcHandler = Callable[[str, dict[str, Any]], None]
 
 RAW_TOKEN = 1 << 62
 """Set in every token a raw sink receives: ``RAW_TOKEN | generation << 16 | packet id``."""
-_PUBACK = struct.Struct("!BBH")  # MQTT 5 PUBACK, success: no reason code, no properties
-_PUBACK_TYPE = 0x40
-_ACKS_PER_WRITE = 1024
 
 
 def raw_token(generation: int, mid: int) -> int:
@@ -197,16 +193,8 @@ class MqttLink:
         mids = [token & 0xFFFF for token in tokens if token >> 16 == current]
         if not mids:
             return
-        queue = getattr(self.client, "_packet_queue", None)
-        if queue is None:  # not paho 2.x: one PUBACK at a time through the public call
-            for mid in mids:
-                self.client.ack(mid, 1)
-            return
-        pack = _PUBACK.pack
-        for start in range(0, len(mids), _ACKS_PER_WRITE):
-            part = mids[start : start + _ACKS_PER_WRITE]
-            # paho writes a queued packet as bytes; PUBACKs back to back are one such write
-            queue(_PUBACK_TYPE, b"".join([pack(_PUBACK_TYPE, 2, mid) for mid in part]), 0, 0)
+        for mid in mids:  # paho's public manual acknowledgement (one PUBACK each)
+            self.client.ack(mid, 1)
 
     def _on_message_raw(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         """The hot path: count, hand on the raw message with its token, nothing else."""
